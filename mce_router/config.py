@@ -1,0 +1,299 @@
+"""Frozen, validated router configuration.
+
+A :class:`RouterConfig` is built once (from YAML or from Python) and never changes; everything the
+hot path needs from it is copied into the routing table when an endpoint is built, so nothing is
+looked up here per request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+MIB = 1024 * 1024
+#: SageMaker's real-time invocation payload limit (6 MiB), for requests and for responses.
+SAGEMAKER_PAYLOAD_LIMIT = 6 * MIB
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessImage:
+    """An image run as a local process: argv, extra environment, working directory."""
+
+    command: tuple[str, ...]
+    environment: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    working_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalImage:
+    """An image whose container someone else runs; the router only connects to ``url``."""
+
+    url: str
+    host: str
+    port: int
+
+
+ImageSpec = ProcessImage | ExternalImage
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Data-plane limits. Defaults follow SageMaker's real-time endpoints."""
+
+    max_containers_per_model: int = 15
+    max_request_body_bytes: int = SAGEMAKER_PAYLOAD_LIMIT
+    max_response_body_bytes: int = SAGEMAKER_PAYLOAD_LIMIT
+    #: Deadline for one container to answer one call (each Serial stage has its own).
+    invocation_timeout_seconds: float = 60.0
+    connect_timeout_seconds: float = 2.0
+    #: Upper bound of open connections (= concurrent calls) per container.
+    max_connections_per_container: int = 128
+    #: Idle keep-alive connections kept per container; extra ones are closed when released.
+    max_idle_connections_per_container: int = 64
+    idle_connection_timeout_seconds: float = 30.0
+    #: Client side: time to receive a complete request head, and a complete body.
+    header_read_timeout_seconds: float = 10.0
+    body_read_timeout_seconds: float = 60.0
+    client_keepalive_timeout_seconds: float = 75.0
+    max_header_count: int = 100
+    max_header_bytes: int = 16 * 1024
+    #: Requests waiting for a free connection to one container before 429 is answered.
+    max_queued_per_container: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    ping_timeout_seconds: float = 2.0
+    #: Default startup window; a variant's ContainerStartupHealthCheckTimeoutInSeconds wins.
+    startup_timeout_seconds: float = 480.0
+    startup_ping_interval_seconds: float = 0.1
+    ping_interval_seconds: float = 5.0
+    #: Consecutive failed pings after which a serving container is restarted.
+    unhealthy_threshold: int = 3
+    restart_backoff_initial_seconds: float = 0.5
+    restart_backoff_max_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSettings:
+    stop_grace_seconds: float = 30.0
+    #: SAGEMAKER_SAFE_PORT_RANGE blocks are handed out from here, below Linux's ephemeral range.
+    safe_port_range_start: int = 20000
+    safe_port_range_size: int = 10
+    safe_port_range_blocks: int = 1000
+    bind_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_port: int = 8081
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Everything the router needs; ``models``/``endpoint_configs``/``endpoints`` are request
+    bodies of CreateModel/CreateEndpointConfig/CreateEndpoint, created when the router starts."""
+
+    images: Mapping[str, ImageSpec] = field(default_factory=lambda: MappingProxyType({}))
+    listener: Listener = field(default_factory=Listener)
+    limits: Limits = field(default_factory=Limits)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    process: ProcessSettings = field(default_factory=ProcessSettings)
+    state_dir: Path = Path("mce-state")
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+    models: tuple[Mapping[str, Any], ...] = ()
+    endpoint_configs: tuple[Mapping[str, Any], ...] = ()
+    endpoints: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **changes: Any) -> RouterConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, base_dir: Path | None = None) -> RouterConfig:
+        """Build from parsed YAML/JSON; relative ``state_dir``/``working_dir`` resolve against
+        ``base_dir`` (the config file's folder) so a config works from any current directory."""
+        if not isinstance(raw, Mapping):
+            raise ConfigError("config: the top level must be a mapping")
+        known = {
+            "images",
+            "listen",
+            "limits",
+            "health",
+            "process",
+            "state_dir",
+            "region",
+            "account_id",
+            "models",
+            "endpoint_configs",
+            "endpoints",
+        }
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"config: unknown keys {unknown}; allowed: {sorted(known)}")
+        base = base_dir or Path.cwd()
+        kwargs: dict[str, Any] = {
+            "images": MappingProxyType(_parse_images(raw.get("images") or {}, base)),
+            "listener": _section(Listener, raw.get("listen"), "listen"),
+            "limits": _section(Limits, raw.get("limits"), "limits"),
+            "health": _section(HealthSettings, raw.get("health"), "health"),
+            "process": _section(ProcessSettings, raw.get("process"), "process"),
+        }
+        if "state_dir" in raw:
+            kwargs["state_dir"] = (base / str(raw["state_dir"])).resolve()
+        for key in ("region", "account_id"):
+            if key in raw:
+                kwargs[key] = str(raw[key])
+        for key in ("models", "endpoint_configs", "endpoints"):
+            items = raw.get(key) or []
+            if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+                raise ConfigError(f"config.{key}: must be a list of request bodies (mappings)")
+            kwargs[key] = tuple(items)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> RouterConfig:
+        config_path = Path(path)
+        try:
+            raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {config_path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {config_path} is not valid YAML: {exc}") from exc
+        return cls.from_mapping(raw or {}, base_dir=config_path.resolve().parent)
+
+
+_Section = TypeVar("_Section", Listener, Limits, HealthSettings, ProcessSettings)
+
+
+def _section(cls: type[_Section], raw: Any, name: str) -> _Section:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config.{name}: must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"config.{name}.{key}: unknown setting; allowed: {sorted(fields)}")
+        default = getattr(cls(), key)
+        values[key] = _coerce(value, type(default), f"config.{name}.{key}")
+    return cls(**values)
+
+
+def _coerce(value: Any, expected: type, where: str) -> Any:
+    if expected is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if expected is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
+
+
+def _parse_images(raw: Any, base: Path) -> dict[str, ImageSpec]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("config.images: must map an image URI to {command: [...]} or {url: ...}")
+    images: dict[str, ImageSpec] = {}
+    for image, spec in raw.items():
+        where = f"config.images[{image!r}]"
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{where}: must be a mapping with 'command' or 'url'")
+        if "url" in spec:
+            extra = set(spec) - {"url"}
+            if extra:
+                raise ConfigError(
+                    f"{where}: an external image takes only 'url', not {sorted(extra)}"
+                )
+            images[str(image)] = parse_external_url(str(spec["url"]), where)
+        elif "command" in spec:
+            extra = set(spec) - {"command", "environment", "working_dir"}
+            if extra:
+                raise ConfigError(f"{where}: unknown keys {sorted(extra)}")
+            images[str(image)] = _parse_process_image(spec, base, where)
+        else:
+            raise ConfigError(f"{where}: needs 'command' (process runtime) or 'url' (external)")
+    return images
+
+
+def _parse_process_image(spec: Mapping[str, Any], base: Path, where: str) -> ProcessImage:
+    command = spec["command"]
+    if (
+        not isinstance(command, Sequence)
+        or isinstance(command, str)
+        or not command
+        or not all(isinstance(arg, str) for arg in command)
+    ):
+        raise ConfigError(f"{where}.command: must be a non-empty list of strings (an argv)")
+    environment = spec.get("environment") or {}
+    if not isinstance(environment, Mapping):
+        raise ConfigError(f"{where}.environment: must map names to values")
+    working_dir = spec.get("working_dir")
+    return ProcessImage(
+        command=tuple(command),
+        environment=MappingProxyType({str(k): str(v) for k, v in environment.items()}),
+        working_dir=str(base / str(working_dir)) if working_dir is not None else None,
+    )
+
+
+def parse_external_url(url: str, where: str) -> ExternalImage:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(f"{where}.url: must look like http://host:port (got {url!r})")
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise ConfigError(f"{where}.url: bad port in {url!r}") from exc
+    return ExternalImage(url=url, host=parts.hostname, port=port)
+
+
+def _validate(config: RouterConfig) -> None:
+    limits = config.limits
+    positive = {
+        "limits.max_containers_per_model": limits.max_containers_per_model,
+        "limits.max_request_body_bytes": limits.max_request_body_bytes,
+        "limits.max_response_body_bytes": limits.max_response_body_bytes,
+        "limits.invocation_timeout_seconds": limits.invocation_timeout_seconds,
+        "limits.connect_timeout_seconds": limits.connect_timeout_seconds,
+        "limits.max_connections_per_container": limits.max_connections_per_container,
+        "limits.header_read_timeout_seconds": limits.header_read_timeout_seconds,
+        "limits.body_read_timeout_seconds": limits.body_read_timeout_seconds,
+        "limits.max_header_count": limits.max_header_count,
+        "limits.max_header_bytes": limits.max_header_bytes,
+        "health.ping_timeout_seconds": config.health.ping_timeout_seconds,
+        "health.startup_timeout_seconds": config.health.startup_timeout_seconds,
+        "health.ping_interval_seconds": config.health.ping_interval_seconds,
+        "health.unhealthy_threshold": config.health.unhealthy_threshold,
+        "process.safe_port_range_size": config.process.safe_port_range_size,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config.{name}: must be greater than 0 (got {value})")
+    if config.process.stop_grace_seconds < 0:
+        raise ConfigError("config.process.stop_grace_seconds: must be 0 or more")
+    if limits.max_idle_connections_per_container < 0:
+        raise ConfigError("config.limits.max_idle_connections_per_container: must be 0 or more")
+    for name, port in (("port", config.listener.port), ("admin_port", config.listener.admin_port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"config.listen.{name}: must be 0..65535 (0 = any free port)")
+    end = config.process.safe_port_range_start + (
+        config.process.safe_port_range_size * config.process.safe_port_range_blocks
+    )
+    if config.process.safe_port_range_start < 1024 or end > 65536:
+        raise ConfigError("config.process: safe port ranges must lie within 1024..65535")

@@ -1,0 +1,133 @@
+"""Which client headers reach a container, and the checks on the ones the router reads.
+
+Upstream requests are built from an allowlist: anything not named here (Authorization,
+X-Amz-*, hop-by-hop headers, cookies, ...) never reaches a container.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Headers forwarded to every container, with the spelling the container receives.
+FORWARDED: Final[dict[bytes, bytes]] = {
+    b"x-amzn-sagemaker-custom-attributes": b"X-Amzn-SageMaker-Custom-Attributes",
+    b"x-amzn-sagemaker-inference-id": b"X-Amzn-SageMaker-Inference-Id",
+    b"x-amzn-sagemaker-enable-explanations": b"X-Amzn-SageMaker-Enable-Explanations",
+    b"x-amzn-sagemaker-target-model": b"X-Amzn-SageMaker-Target-Model",
+    b"x-amzn-sagemaker-session-id": b"X-Amzn-SageMaker-Session-Id",
+}
+
+CONTENT_TYPE: Final = b"content-type"
+ACCEPT: Final = b"accept"
+TARGET_CONTAINER: Final = b"x-amzn-sagemaker-target-container-hostname"
+TARGET_VARIANT: Final = b"x-amzn-sagemaker-target-variant"
+
+# Headers that must appear at most once: a second copy makes the request ambiguous.
+SINGLETONS: Final = frozenset(
+    {
+        b"host",
+        b"content-length",
+        CONTENT_TYPE,
+        ACCEPT,
+        TARGET_CONTAINER,
+        TARGET_VARIANT,
+        *FORWARDED,
+    }
+)
+
+CUSTOM_ATTRIBUTES_MAX: Final = 1024
+INFERENCE_ID_MAX: Final = 64
+
+
+class RequestHeaders:
+    """The headers of one client request, reduced to what the router uses.
+
+    ``add`` is called per header by the parser and ``finish`` once at the end of the head; both
+    return a problem description (answered with 400) or None.
+    """
+
+    __slots__ = (
+        "_connection_tokens",
+        "_forwarded",
+        "_seen",
+        "accept",
+        "accept_block",
+        "content_length",
+        "content_type",
+        "expect_continue",
+        "forward_block",
+        "target_container",
+        "target_variant",
+    )
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+        self._forwarded: list[tuple[bytes, bytes]] = []
+        self._connection_tokens: list[bytes] = []
+        self.content_type: bytes | None = None
+        self.accept: bytes | None = None
+        self.content_length: int | None = None
+        self.target_container: str | None = None
+        self.target_variant: str | None = None
+        self.expect_continue = False
+        self.forward_block = b""
+        self.accept_block = b""
+
+    def add(self, name: bytes, value: bytes) -> str | None:
+        lname = name.lower()
+        if lname in SINGLETONS:
+            if lname in self._seen:
+                return f"The header {name.decode('latin-1')} appears more than once."
+            self._seen.add(lname)
+        if lname == CONTENT_TYPE:
+            self.content_type = value
+        elif lname == ACCEPT:
+            self.accept = value
+        elif lname in FORWARDED:
+            self._forwarded.append((FORWARDED[lname], value))
+        elif lname == TARGET_CONTAINER:
+            self.target_container = value.decode("latin-1")
+        elif lname == TARGET_VARIANT:
+            self.target_variant = value.decode("latin-1")
+        elif lname == b"content-length":
+            # llhttp has validated the digits already; keep the number for the early 413.
+            self.content_length = int(value)
+        elif lname == b"connection":
+            self._connection_tokens.extend(
+                token.strip().lower() for token in value.split(b",") if token.strip()
+            )
+        elif lname == b"expect":
+            if value.strip().lower() != b"100-continue":
+                return f"Unsupported Expect header value {value.decode('latin-1')!r}."
+            self.expect_continue = True
+        return None
+
+    def finish(self) -> str | None:
+        if self._connection_tokens:
+            # Headers listed in Connection are hop-by-hop for this request: never forward them.
+            hop = set(self._connection_tokens)
+            self._forwarded = [(n, v) for n, v in self._forwarded if n.lower() not in hop]
+            if ACCEPT in hop:
+                self.accept = None
+            if CONTENT_TYPE in hop:
+                self.content_type = None
+        parts = []
+        for name, value in self._forwarded:
+            if name == b"X-Amzn-SageMaker-Custom-Attributes" and (
+                len(value) > CUSTOM_ATTRIBUTES_MAX or not _printable_ascii(value)
+            ):
+                return (
+                    "CustomAttributes must be at most 1024 printable ASCII characters "
+                    f"(got {len(value)} bytes)."
+                )
+            if name == b"X-Amzn-SageMaker-Inference-Id" and not 1 <= len(value) <= INFERENCE_ID_MAX:
+                return "InferenceId must be 1 to 64 characters long."
+            parts.append(name + b": " + value + b"\r\n")
+        self.forward_block = b"".join(parts)
+        if self.accept is not None:
+            self.accept_block = b"Accept: " + self.accept + b"\r\n"
+        return None
+
+
+def _printable_ascii(value: bytes) -> bool:
+    return all(0x20 <= byte < 0x7F for byte in value)

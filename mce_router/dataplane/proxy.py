@@ -1,0 +1,1307 @@
+"""The hot path: runtime API listener, routing, upstream keep-alive pools, Serial chaining.
+
+Everything a request touches lives in this module, built from callbacks rather than a task per
+request (one ``asyncio.Protocol`` per client connection, one per upstream connection, parsed by
+httptools/llhttp). Everything that can be computed per configuration load is computed when the
+routing table is built: path keys, header blocks, error bodies.
+
+Request flow: ``ClientConnection`` parses a request -> ``Invocation`` picks the upstream from the
+current ``RoutingTable`` -> ``ConnectionPool.acquire`` hands it an ``UpstreamConnection`` ->
+the container's response comes back through ``Invocation.upstream_response`` -> the next Serial
+stage, or the response to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import itertools
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final, cast
+
+import httptools
+
+from ..config import Limits
+from ..errors import (
+    EndpointNotFound,
+    HeadersTooLarge,
+    InvocationError,
+    MalformedRequest,
+    ModelError,
+    ModelNotReady,
+    PayloadTooLarge,
+    RequestTimeout,
+    RouterError,
+    ServiceUnavailable,
+    UnknownOperation,
+    ValidationError,
+    wire_error,
+)
+from . import headers as hdr
+
+# ----------------------------------------------------------------------------------------------
+# Routing table: immutable, built per configuration load, swapped atomically by the router.
+# ----------------------------------------------------------------------------------------------
+
+
+class Upstream:
+    """One running container as the proxy sees it: address, availability, pool, labels."""
+
+    __slots__ = (
+        "available",
+        "container_name",
+        "endpoint_name",
+        "host",
+        "host_header",
+        "instance_id",
+        "log_path",
+        "log_stream_arn",
+        "observer",
+        "pool",
+        "port",
+        "unavailable_reason",
+        "variant_name",
+    )
+
+    def __init__(
+        self,
+        *,
+        endpoint_name: str,
+        variant_name: str,
+        instance_id: str,
+        container_name: str,
+        host: str,
+        port: int,
+        log_stream_arn: str,
+        log_path: str,
+        limits: Limits,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.endpoint_name = endpoint_name
+        self.variant_name = variant_name
+        self.instance_id = instance_id
+        self.container_name = container_name
+        self.host = host
+        self.port = port
+        self.log_stream_arn = log_stream_arn
+        self.log_path = log_path
+        self.host_header = f"Host: {host}:{port}\r\n".encode("latin-1")
+        # Containers start unavailable; the health monitor opens them after the first good ping.
+        self.available = False
+        self.unavailable_reason = "the container has not passed its ping health check yet"
+        self.pool = ConnectionPool(self, limits, loop)
+        self.observer: UpstreamObserver | None = None
+
+    def mark_available(self) -> None:
+        self.available = True
+
+    def mark_unavailable(self, reason: str) -> None:
+        """Stop routing to this container and drop its connections (they point at a dead peer)."""
+        self.available = False
+        self.unavailable_reason = reason
+        self.pool.close_idle()
+
+    def __repr__(self) -> str:
+        return f"<Upstream {self.endpoint_name}/{self.container_name} {self.host}:{self.port}>"
+
+
+class UpstreamObserver:
+    """Receives one call per finished container call; metrics subscribe through this seam."""
+
+    __slots__ = ()
+
+    def container_call(self, status: int, latency_seconds: float) -> None:
+        """``status`` is the container's HTTP status, 0 when it gave none (error, timeout)."""
+
+
+class VariantObserver:
+    """Receives one call per finished invocation of a variant."""
+
+    __slots__ = ()
+
+    def invocation(
+        self, status: int, model_seconds: float, overhead_seconds: float, containers: int
+    ) -> None:
+        """``status`` is the status returned to the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRoute:
+    """One instance of a variant: all its containers, by hostname and in pipeline order."""
+
+    instance_id: str
+    chain: tuple[Upstream, ...]
+    by_name: dict[str, Upstream]
+
+
+@dataclass(slots=True)
+class VariantRoute:
+    name: str
+    weight: float
+    instances: tuple[InstanceRoute, ...]
+    #: Pre-built response header naming the variant that served the request.
+    response_header: bytes = b""
+    observer: VariantObserver | None = None
+    #: Requests of this variant being served now; deployments drain on it.
+    in_flight: int = 0
+    _round_robin: itertools.cycle[InstanceRoute] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.response_header = b"x-Amzn-Invoked-Production-Variant: " + self.name.encode() + b"\r\n"
+        self._round_robin = itertools.cycle(self.instances)
+
+    def next_instance(self) -> InstanceRoute:
+        return next(self._round_robin)
+
+
+@dataclass(slots=True)
+class EndpointRoute:
+    name: str
+    direct: bool
+    variants: tuple[VariantRoute, ...]
+    variants_by_name: dict[str, VariantRoute] = field(init=False)
+    _cumulative_weights: list[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.variants_by_name = {v.name: v for v in self.variants}
+        self._cumulative_weights = list(itertools.accumulate(v.weight for v in self.variants))
+
+    def pick_variant(self) -> VariantRoute:
+        if len(self.variants) == 1:
+            return self.variants[0]
+        total = self._cumulative_weights[-1]
+        if total <= 0:
+            return random.choice(self.variants)
+        return random.choices(self.variants, cum_weights=self._cumulative_weights)[0]
+
+    def upstreams(self) -> Iterable[Upstream]:
+        for variant in self.variants:
+            for instance in variant.instances:
+                yield from instance.chain
+
+
+class RoutingTable:
+    """Immutable map from the raw request path to an endpoint; replaced whole, never mutated."""
+
+    __slots__ = ("by_name", "by_path")
+
+    def __init__(self, endpoints: Iterable[EndpointRoute] = ()) -> None:
+        self.by_name: dict[str, EndpointRoute] = {e.name: e for e in endpoints}
+        # Keyed by the exact bytes boto3 sends, so the common case is one dict lookup.
+        self.by_path: dict[bytes, EndpointRoute] = {
+            f"/endpoints/{name}/invocations".encode(): e for name, e in self.by_name.items()
+        }
+
+    def with_endpoint(self, endpoint: EndpointRoute) -> RoutingTable:
+        others = [e for e in self.by_name.values() if e.name != endpoint.name]
+        return RoutingTable([*others, endpoint])
+
+    def without_endpoint(self, name: str) -> RoutingTable:
+        return RoutingTable(e for e in self.by_name.values() if e.name != name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Upstream side: one protocol per connection, one pool per container.
+# ----------------------------------------------------------------------------------------------
+
+
+class UpstreamFailure(Exception):
+    """Why a container call produced no complete response (never sent to a client as such)."""
+
+    def __init__(self, detail: str, *, before_response: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.before_response = before_response
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_content_type",
+        "_custom_attributes",
+        "_framed",
+        "_got_bytes",
+        "_header_name",
+        "_headers_done",
+        "_parser",
+        "_reason",
+        "_waiter",
+        "closed",
+        "idle_since",
+        "pool",
+        "reusable",
+        "transport",
+    )
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: Invocation | None = None
+        self.closed = False
+        self.reusable = True
+        self.idle_since = 0.0
+        self._reset_response()
+
+    def _reset_response(self) -> None:
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._content_type: bytes | None = None
+        self._custom_attributes: bytes | None = None
+        self._reason = b""
+        self._framed = False  # Content-Length or chunked: the body end is known without EOF
+        self._headers_done = False
+        self._got_bytes = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        if self._waiter is None:
+            # Bytes while idle: the container broke the protocol; never reuse this connection.
+            self.abort()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(f"invalid HTTP response ({exc})")
+        except _ResponseTooLarge as exc:
+            self._fail(str(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        waiter = self._waiter
+        if waiter is not None:
+            if self._headers_done and not self._framed:
+                # A response delimited by connection close (HTTP/1.0 style) ends here.
+                self.on_message_complete()
+            else:
+                self._waiter = None
+                state = "in the middle of its response" if self._got_bytes else "before answering"
+                waiter.upstream_failed(
+                    self,
+                    UpstreamFailure(
+                        f"the container closed the connection {state}",
+                        before_response=not self._got_bytes,
+                    ),
+                )
+        self.pool.connection_closed(self)
+
+    # httptools callbacks
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname == b"content-type":
+            self._content_type = value
+        elif lname == b"x-amzn-sagemaker-custom-attributes":
+            self._custom_attributes = value
+        elif lname == b"content-length" or lname == b"transfer-encoding":
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        status = self._parser.get_status_code()
+        if status == 204 or status == 304 or 100 <= status < 200:
+            self._framed = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.pool.max_response_bytes:
+            raise _ResponseTooLarge(
+                f"the response is larger than the {self.pool.max_response_bytes}-byte limit"
+            )
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        status = self._parser.get_status_code()
+        if not self._parser.should_keep_alive() or not self._framed:
+            self.reusable = False
+        response = UpstreamResponse(
+            status,
+            self._reason,
+            self._content_type,
+            self._custom_attributes,
+            self._body,
+            self._body_size,
+        )
+        self._reset_response()
+        if waiter is not None:
+            waiter.upstream_response(self, response)
+
+    # used by Invocation / ConnectionPool
+    def send(self, waiter: Invocation, head: bytes, body: list[bytes]) -> None:
+        assert self.transport is not None
+        self._waiter = waiter
+        if len(body) == 1 and len(body[0]) < 65536:
+            self.transport.write(head + body[0])
+        else:
+            self.transport.writelines([head, *body])
+
+    def abort(self) -> None:
+        """Close at once; used for timeouts and protocol violations."""
+        self.reusable = False
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def _fail(self, detail: str) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        self.abort()
+        if waiter is not None:
+            waiter.upstream_failed(self, UpstreamFailure(detail, before_response=False))
+
+
+class _ResponseTooLarge(Exception):
+    pass
+
+
+class UpstreamResponse:
+    __slots__ = ("body", "body_size", "content_type", "custom_attributes", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        content_type: bytes | None,
+        custom_attributes: bytes | None,
+        body: list[bytes],
+        body_size: int,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.content_type = content_type
+        self.custom_attributes = custom_attributes
+        self.body = body
+        self.body_size = body_size
+
+
+class ConnectionPool:
+    """Keep-alive connections to one container: idle LIFO stack, a cap, a waiting queue.
+
+    The pool is the only owner of connection lifecycle: connections are opened here, come back
+    through :meth:`release` (reused or closed) or :meth:`connection_closed`, and are swept by one
+    idle timer per pool.
+    """
+
+    __slots__ = (
+        "_idle",
+        "_idle_timer",
+        "_loop",
+        "_waiting",
+        "connect_timeout",
+        "idle_timeout",
+        "max_connections",
+        "max_idle",
+        "max_queued",
+        "max_response_bytes",
+        "open_count",
+        "upstream",
+    )
+
+    def __init__(self, upstream: Upstream, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self.upstream = upstream
+        self._loop = loop
+        self._idle: list[UpstreamConnection] = []
+        self._waiting: collections.deque[Invocation] = collections.deque()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.open_count = 0
+        self.max_connections = limits.max_connections_per_container
+        self.max_idle = limits.max_idle_connections_per_container
+        self.max_queued = limits.max_queued_per_container
+        self.max_response_bytes = limits.max_response_body_bytes
+        self.idle_timeout = limits.idle_connection_timeout_seconds
+        self.connect_timeout = limits.connect_timeout_seconds
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self._waiting)
+
+    def acquire(self, waiter: Invocation, *, fresh: bool = False) -> None:
+        """Give ``waiter`` a connection now, or as soon as one is free; ``fresh`` skips idle."""
+        idle = self._idle
+        while idle and not fresh:
+            conn = idle.pop()
+            if conn.reusable and not conn.closed:
+                waiter.connection_ready(conn, reused=True)
+                return
+        if self.open_count < self.max_connections:
+            self._open(waiter)
+        elif len(self._waiting) < self.max_queued:
+            self._waiting.append(waiter)
+        else:
+            waiter.pool_rejected(
+                ModelNotReady(
+                    f"Container {self.upstream.container_name} has {self.max_connections} "
+                    f"requests in flight and {self.max_queued} waiting; retry later or raise "
+                    "limits.max_connections_per_container."
+                )
+            )
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if not conn.reusable or conn.closed:
+            conn.close()
+            return
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if waiter.wants_connection():
+                waiter.connection_ready(conn, reused=True)
+                return
+        if len(self._idle) >= self.max_idle or not self.upstream.available:
+            conn.close()
+            return
+        conn.idle_since = self._loop.time()
+        self._idle.append(conn)
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_later(self.idle_timeout, self._sweep_idle)
+
+    def connection_closed(self, conn: UpstreamConnection) -> None:
+        self.open_count -= 1
+        if conn in self._idle:
+            self._idle.remove(conn)
+        self._serve_waiting()
+
+    def close_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def fail_waiting(self, error: InvocationError) -> None:
+        waiting, self._waiting = self._waiting, collections.deque()
+        for waiter in waiting:
+            waiter.pool_rejected(error)
+
+    def close(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self.close_idle()
+
+    def _serve_waiting(self) -> None:
+        while self._waiting and self.open_count < self.max_connections:
+            waiter = self._waiting.popleft()
+            if waiter.wants_connection():
+                self._open(waiter)
+
+    def _open(self, waiter: Invocation) -> None:
+        self.open_count += 1
+        task = self._loop.create_task(self._connect())
+        task.add_done_callback(lambda t: self._connected(t, waiter))
+
+    async def _connect(self) -> UpstreamConnection:
+        upstream = self.upstream
+        async with asyncio.timeout(self.connect_timeout):
+            _, protocol = await self._loop.create_connection(
+                lambda: UpstreamConnection(self), upstream.host, upstream.port
+            )
+        return protocol
+
+    def _connected(self, task: asyncio.Task[UpstreamConnection], waiter: Invocation) -> None:
+        if task.cancelled():
+            self.open_count -= 1
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.open_count -= 1
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+            waiter.upstream_failed(
+                None, UpstreamFailure(f"connecting failed: {reason}", before_response=True)
+            )
+            self._serve_waiting()
+            return
+        conn = task.result()
+        if waiter.wants_connection():
+            waiter.connection_ready(conn, reused=False)
+        else:
+            self.release(conn)
+
+    def _sweep_idle(self) -> None:
+        self._idle_timer = None
+        cutoff = self._loop.time() - self.idle_timeout
+        keep: list[UpstreamConnection] = []
+        for conn in self._idle:
+            if conn.idle_since <= cutoff or conn.closed:
+                conn.close()
+            else:
+                keep.append(conn)
+        self._idle = keep
+        if keep:
+            self._idle_timer = self._loop.call_later(self.idle_timeout / 2, self._sweep_idle)
+
+
+# ----------------------------------------------------------------------------------------------
+# One invocation: Direct (one stage) or Serial (a chain of stages), driven by callbacks.
+# ----------------------------------------------------------------------------------------------
+
+_STATE_WAITING: Final = 0  # waiting for a connection
+_STATE_SENT: Final = 1  # request written, waiting for the response
+_STATE_DONE: Final = 2
+
+
+class Invocation:
+    __slots__ = (
+        "_attempt_reused",
+        "_conn",
+        "_stage",
+        "_stage_started",
+        "_state",
+        "_timer",
+        "accept_block",
+        "body",
+        "body_size",
+        "chain",
+        "client",
+        "content_type",
+        "forward_block",
+        "keep_alive",
+        "model_seconds",
+        "received_at",
+        "variant",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        variant: VariantRoute,
+        chain: tuple[Upstream, ...],
+        content_type: bytes | None,
+        forward_block: bytes,
+        accept_block: bytes,
+        body: list[bytes],
+        body_size: int,
+        keep_alive: bool,
+        received_at: float,
+    ) -> None:
+        self.client = client
+        self.variant = variant
+        self.chain = chain
+        self.content_type = content_type
+        self.forward_block = forward_block
+        self.accept_block = accept_block
+        self.body = body
+        self.body_size = body_size
+        self.keep_alive = keep_alive
+        self.received_at = received_at
+        self.model_seconds = 0.0
+        self._stage = 0
+        self._state = _STATE_WAITING
+        self._conn: UpstreamConnection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._stage_started = 0.0
+        self._attempt_reused = False
+
+    def start(self) -> None:
+        self._call_stage()
+
+    def _call_stage(self) -> None:
+        upstream = self.chain[self._stage]
+        if not upstream.available:
+            self._finish_error(
+                ServiceUnavailable(
+                    f"Container {upstream.container_name} of endpoint {upstream.endpoint_name} "
+                    f"is not available: {upstream.unavailable_reason}. Retry later."
+                )
+            )
+            return
+        self._state = _STATE_WAITING
+        upstream.pool.acquire(self)
+
+    # ConnectionPool callbacks
+    def wants_connection(self) -> bool:
+        return self._state == _STATE_WAITING
+
+    def connection_ready(self, conn: UpstreamConnection, *, reused: bool) -> None:
+        upstream = self.chain[self._stage]
+        last = self._stage == len(self.chain) - 1
+        parts = [
+            b"POST /invocations HTTP/1.1\r\n",
+            upstream.host_header,
+            self.forward_block,
+        ]
+        if self.content_type is not None:
+            parts.append(b"Content-Type: " + self.content_type + b"\r\n")
+        if last:
+            parts.append(self.accept_block)
+        parts.append(b"Content-Length: %d\r\n\r\n" % self.body_size)
+        self._conn = conn
+        self._attempt_reused = reused
+        self._state = _STATE_SENT
+        loop = self.client.loop
+        self._stage_started = loop.time()
+        self._timer = loop.call_at(
+            self._stage_started + self.client.server.invocation_timeout, self._timed_out
+        )
+        conn.send(self, b"".join(parts), self.body)
+
+    def pool_rejected(self, error: InvocationError) -> None:
+        if self._state == _STATE_WAITING:
+            self._finish_error(error)
+
+    # UpstreamConnection callbacks
+    def upstream_response(self, conn: UpstreamConnection, response: UpstreamResponse) -> None:
+        if self._state != _STATE_SENT or conn is not self._conn:
+            conn.pool.release(conn)
+            return
+        now = self.client.loop.time()
+        self._cancel_timer()
+        self._conn = None
+        stage_seconds = now - self._stage_started
+        self.model_seconds += stage_seconds
+        upstream = self.chain[self._stage]
+        conn.pool.release(conn)
+        status = response.status
+        if upstream.observer is not None:
+            upstream.observer.container_call(status, stage_seconds)
+        if not 200 <= status < 300:
+            self._finish_error(_model_error(upstream, response))
+            return
+        if self._stage + 1 < len(self.chain):
+            # Serial: this stage's response is the next stage's request.
+            self._stage += 1
+            self.body = response.body
+            self.body_size = response.body_size
+            self.content_type = response.content_type
+            self._call_stage()
+            return
+        self._state = _STATE_DONE
+        self.client.send_invocation_response(self, response)
+
+    def upstream_failed(self, conn: UpstreamConnection | None, failure: UpstreamFailure) -> None:
+        if self._state == _STATE_DONE or (conn is not None and conn is not self._conn):
+            return
+        upstream = self.chain[self._stage]
+        self._cancel_timer()
+        self._conn = None
+        if conn is not None and self._attempt_reused and failure.before_response:
+            # A kept-alive connection the container had already closed: the request never
+            # reached a live socket, so one retry on a fresh connection is safe.
+            self._state = _STATE_WAITING
+            self._attempt_reused = False
+            upstream.pool.acquire(self, fresh=True)
+            return
+        if conn is not None:
+            self.model_seconds += self.client.loop.time() - self._stage_started
+        if upstream.observer is not None:
+            upstream.observer.container_call(0, self.client.loop.time() - self._stage_started)
+        self._finish_error(_broken_call_error(upstream, failure.detail))
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._state != _STATE_SENT:
+            return
+        upstream = self.chain[self._stage]
+        conn = self._conn
+        self._conn = None
+        self.model_seconds += self.client.loop.time() - self._stage_started
+        if conn is not None:
+            conn.abort()
+        if upstream.observer is not None:
+            upstream.observer.container_call(0, self.client.loop.time() - self._stage_started)
+        timeout = self.client.server.invocation_timeout
+        self._finish_error(
+            _broken_call_error(
+                upstream,
+                f"Your invocation timed out while waiting for a response from container "
+                f"{upstream.container_name} (limit {timeout:g} s)",
+                message_is_full=True,
+            )
+        )
+
+    def client_gone(self) -> None:
+        """The client disconnected: stop waiting for a connection; a sent call runs out and its
+        connection is still reused, so a container never sees a half request."""
+        if self._state == _STATE_WAITING:
+            self._state = _STATE_DONE
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _finish_error(self, error: RouterError) -> None:
+        self._cancel_timer()
+        self._state = _STATE_DONE
+        self.client.send_invocation_error(self, error)
+
+
+def _log_hint(upstream: Upstream) -> str:
+    return f" See the container log at {upstream.log_path}." if upstream.log_path else ""
+
+
+def _model_error(upstream: Upstream, response: UpstreamResponse) -> ModelError:
+    status = response.status
+    original = b"".join(response.body).decode("utf-8", "replace") or response.reason.decode(
+        "latin-1"
+    )
+    kind = "client" if 400 <= status < 500 else "server"
+    return ModelError(
+        f"Received {kind} error ({status}) from {upstream.container_name} with message "
+        f'"{original[:1024]}".{_log_hint(upstream)}',
+        container=upstream.container_name,
+        original_status=status,
+        original_message=original,
+        log_stream_arn=upstream.log_stream_arn,
+    )
+
+
+def _broken_call_error(
+    upstream: Upstream, detail: str, *, message_is_full: bool = False
+) -> ModelError:
+    text = detail if message_is_full else f"Container {upstream.container_name}: {detail}"
+    return ModelError(
+        f'Received server error (0) from {upstream.container_name} with message "{text}".'
+        f"{_log_hint(upstream)}",
+        container=upstream.container_name,
+        original_status=0,
+        original_message=text,
+        log_stream_arn=upstream.log_stream_arn,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Client side: the runtime API listener.
+# ----------------------------------------------------------------------------------------------
+
+_REASONS: Final = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Payload Too Large",
+    414: b"URI Too Long",
+    417: b"Expectation Failed",
+    424: b"Failed Dependency",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+
+
+class DateHeader:
+    """``Date:`` header bytes, refreshed at most once a second (not per request)."""
+
+    __slots__ = ("_expires", "_value")
+
+    def __init__(self) -> None:
+        self._value = b""
+        self._expires = 0.0
+
+    def get(self, now: float) -> bytes:
+        if now >= self._expires:
+            self._value = b"Date: " + email.utils.formatdate(usegmt=True).encode() + b"\r\n"
+            self._expires = now + 1.0
+        return self._value
+
+
+class RuntimeServer:
+    """Shared state of all client connections of one runtime listener."""
+
+    def __init__(
+        self, limits: Limits, loop: asyncio.AbstractEventLoop, *, account_id: str = "000000000000"
+    ) -> None:
+        self.loop = loop
+        self.account_id = account_id
+        self.table = RoutingTable()
+        self.limits = limits
+        self.invocation_timeout = limits.invocation_timeout_seconds
+        self.max_body = limits.max_request_body_bytes
+        self.max_header_count = limits.max_header_count
+        self.max_header_bytes = limits.max_header_bytes
+        self.date = DateHeader()
+        self.connections: set[ClientConnection] = set()
+        self.in_flight = 0
+        self.accepting = True
+        self._idle_event = asyncio.Event()
+        self._idle_event.set()
+        self._request_ids = itertools.count(1)
+        self._request_id_prefix = os.urandom(6).hex()
+        self.ping_response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n"
+
+    def next_request_id(self) -> bytes:
+        n = next(self._request_ids)
+        p = self._request_id_prefix
+        return f"{p[:8]}-{p[8:12]}-4000-8000-{n:012x}".encode()
+
+    def invocation_started(self) -> None:
+        self.in_flight += 1
+        self._idle_event.clear()
+
+    def invocation_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle_event.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle_event.wait()
+
+    def protocol_factory(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def close_idle_connections(self) -> None:
+        for conn in list(self.connections):
+            conn.close_if_idle()
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class _RequestRejected(Exception):
+    """Raised inside parser callbacks to stop parsing; answered, then the connection closes."""
+
+    def __init__(self, error: RouterError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+_PENDING_LIMIT: Final = 8  # pipelined requests parsed ahead before reading pauses
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_current",
+        "_header_bytes",
+        "_header_count",
+        "_headers",
+        "_paused",
+        "_pending",
+        "_read_timer",
+        "_url",
+        "closing",
+        "loop",
+        "parser",
+        "server",
+        "transport",
+    )
+
+    def __init__(self, server: RuntimeServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self._pending: collections.deque[_ParsedRequest] = collections.deque()
+        self._current: Invocation | None = None
+        self._paused = False
+        self.closing = False
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._reset_request()
+
+    def _reset_request(self) -> None:
+        self._url = b""
+        self._headers = hdr.RequestHeaders()
+        self._header_count = 0
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+        self._arm_read_timer(self.server.limits.client_keepalive_timeout_seconds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        self._cancel_read_timer()
+        if self._current is not None:
+            self._current.client_gone()
+        self._pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except _RequestRejected as exc:
+            self._reject(exc.error)
+        except httptools.HttpParserUpgrade:
+            self._reject(MalformedRequest("Protocol upgrades are not supported."))
+        except httptools.HttpParserError as exc:
+            self._reject(MalformedRequest(f"Malformed HTTP request: {exc}."))
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._reset_request()
+        self._arm_read_timer(self.server.limits.header_read_timeout_seconds)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.server.max_header_bytes:
+            raise _RequestRejected(HeadersTooLarge("The request URL is too long."))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value)
+        if (
+            self._header_count > self.server.max_header_count
+            or self._header_bytes > self.server.max_header_bytes
+        ):
+            raise _RequestRejected(
+                HeadersTooLarge(
+                    f"Request headers exceed the limit of {self.server.max_header_count} headers "
+                    f"or {self.server.max_header_bytes} bytes."
+                )
+            )
+        problem = self._headers.add(name, value)
+        if problem is not None:
+            raise _RequestRejected(MalformedRequest(problem))
+
+    def on_headers_complete(self) -> None:
+        problem = self._headers.finish()
+        if problem is not None:
+            raise _RequestRejected(MalformedRequest(problem))
+        length = self._headers.content_length
+        if length is not None and length > self.server.max_body:
+            raise _RequestRejected(
+                PayloadTooLarge(_too_large_message(length, self.server.max_body))
+            )
+        self._arm_read_timer(self.server.limits.body_read_timeout_seconds)
+        if self._headers.expect_continue and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.server.max_body:
+            raise _RequestRejected(
+                PayloadTooLarge(_too_large_message(self._body_size, self.server.max_body))
+            )
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._cancel_read_timer()
+        request = _ParsedRequest(
+            self.parser.get_method(),
+            self._url,
+            self._headers,
+            self._body,
+            self._body_size,
+            self.parser.should_keep_alive(),
+            self.loop.time(),
+        )
+        self._reset_request()
+        if self._current is None and not self._pending:
+            self._handle(request)
+        else:
+            self._pending.append(request)
+            if len(self._pending) >= _PENDING_LIMIT and not self._paused:
+                self._pause()
+
+    # request handling
+    def _handle(self, request: _ParsedRequest) -> None:
+        route = self.server.table.by_path.get(request.url)
+        if route is None or request.method != b"POST":
+            self._handle_other(request)
+            return
+        headers = request.headers
+        try:
+            variant, chain = _select(route, headers)
+        except RouterError as exc:
+            self._write_error(exc, request.keep_alive, None)
+            return
+        invocation = Invocation(
+            self,
+            variant,
+            chain,
+            headers.content_type,
+            headers.forward_block,
+            headers.accept_block,
+            request.body,
+            request.body_size,
+            request.keep_alive,
+            request.received_at,
+        )
+        self._current = invocation
+        variant.in_flight += 1
+        self.server.invocation_started()
+        invocation.start()
+
+    def _handle_other(self, request: _ParsedRequest) -> None:
+        path = request.url.split(b"?", 1)[0]
+        if path == b"/ping" and request.method in (b"GET", b"HEAD"):
+            self._write_raw(self.server.ping_response, b"", request.keep_alive)
+            return
+        parts = path.split(b"/")
+        if len(parts) == 4 and parts[0] == b"" and parts[1] == b"endpoints":
+            name = parts[2].decode("latin-1")
+            if parts[3] in (b"invocations", b"invocations-response-stream"):
+                if request.method != b"POST":
+                    self._write_error(
+                        UnknownOperation("Invocations must use POST."), request.keep_alive, None
+                    )
+                    return
+                if parts[3] == b"invocations-response-stream":
+                    self._write_error(
+                        ValidationError(
+                            "Response streaming (InvokeEndpointWithResponseStream) is not "
+                            "supported by this router yet; use InvokeEndpoint."
+                        ),
+                        request.keep_alive,
+                        None,
+                    )
+                    return
+                route = self.server.table.by_name.get(name)
+                if route is not None:  # e.g. a query string was appended
+                    self._handle(request._replace_url(f"/endpoints/{name}/invocations".encode()))
+                    return
+                self._write_error(
+                    EndpointNotFound(
+                        f"Endpoint {name} of account {self.server.account_id} not found."
+                    ),
+                    request.keep_alive,
+                    None,
+                )
+                return
+        self._write_error(
+            UnknownOperation(
+                "Unknown operation: the runtime API serves POST "
+                "/endpoints/{EndpointName}/invocations and GET /ping."
+            ),
+            request.keep_alive,
+            None,
+        )
+
+    def send_invocation_response(self, invocation: Invocation, response: UpstreamResponse) -> None:
+        self._current = None
+        invocation.variant.in_flight -= 1
+        self.server.invocation_finished()
+        variant = invocation.variant
+        if self.transport is None or self.closing:
+            self._record(invocation, response.status)
+            return
+        keep_alive = invocation.keep_alive
+        head = [
+            b"HTTP/1.1 200 OK\r\n",
+            variant.response_header,
+            b"x-amzn-RequestId: " + self.server.next_request_id() + b"\r\n",
+            self.server.date.get(self.loop.time()),
+        ]
+        if response.content_type is not None:
+            head.append(b"Content-Type: " + response.content_type + b"\r\n")
+        if response.custom_attributes is not None:
+            head.append(
+                b"X-Amzn-SageMaker-Custom-Attributes: " + response.custom_attributes + b"\r\n"
+            )
+        head.append(b"Content-Length: %d\r\n" % response.body_size)
+        head.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        body = response.body
+        if len(body) == 1 and len(body[0]) < 65536:
+            head.append(body[0])
+            self.transport.write(b"".join(head))
+        else:
+            self.transport.writelines([b"".join(head), *body])
+        self._record(invocation, 200)
+        self._after_response(keep_alive)
+
+    def send_invocation_error(self, invocation: Invocation, error: RouterError) -> None:
+        self._current = None
+        invocation.variant.in_flight -= 1
+        self.server.invocation_finished()
+        status = self._write_error(error, invocation.keep_alive, invocation.variant)
+        self._record(invocation, status)
+
+    def _record(self, invocation: Invocation, status: int) -> None:
+        observer = invocation.variant.observer
+        if observer is not None:
+            held = self.loop.time() - invocation.received_at
+            observer.invocation(
+                status,
+                invocation.model_seconds,
+                max(0.0, held - invocation.model_seconds),
+                invocation._stage + 1,
+            )
+
+    def _write_error(
+        self, error: RouterError, keep_alive: bool, variant: VariantRoute | None
+    ) -> int:
+        wire = wire_error(error, "runtime")
+        head = [b"HTTP/1.1 %d %s\r\n" % (wire.status, _REASONS.get(wire.status, b"Error"))]
+        head.extend(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in wire.header_pairs())
+        if variant is not None:
+            head.append(variant.response_header)
+        head.append(b"x-amzn-RequestId: " + self.server.next_request_id() + b"\r\n")
+        head.append(self.server.date.get(self.loop.time()))
+        self._write_raw(b"".join(head), wire.body(), keep_alive)
+        return wire.status
+
+    def _write_raw(self, head: bytes, body: bytes, keep_alive: bool) -> None:
+        if self.transport is None or self.closing:
+            return
+        tail = b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
+        self.transport.write(head + b"Content-Length: %d\r\n" % len(body) + tail + body)
+        self._after_response(keep_alive)
+
+    def _after_response(self, keep_alive: bool) -> None:
+        if not keep_alive or not self.server.accepting:
+            self.closing = True
+            assert self.transport is not None
+            self.transport.close()
+            return
+        if self._pending:
+            request = self._pending.popleft()
+            if self._paused and len(self._pending) < _PENDING_LIMIT // 2:
+                self._resume()
+            self._handle(request)
+        else:
+            self._arm_read_timer(self.server.limits.client_keepalive_timeout_seconds)
+
+    def _reject(self, error: RouterError) -> None:
+        """Answer a request that cannot be parsed or allowed, then close: after a framing error
+        the next request's boundary is unknown, so nothing more is read from this socket."""
+        if self._current is not None:
+            # A response is still owed for an earlier request; answering out of order would
+            # corrupt the stream, so just close.
+            self.abort()
+            return
+        self._write_error(error, False, None)
+        self.closing = True
+
+    # timers and flow control
+    def _arm_read_timer(self, seconds: float) -> None:
+        self._cancel_read_timer()
+        self._read_timer = self.loop.call_later(seconds, self._read_timed_out)
+
+    def _cancel_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self._current is not None or self._pending:
+            return
+        if self._header_count or self._url or self._body_size:
+            self._reject(RequestTimeout("The request was not received completely in time."))
+        else:
+            self.abort()  # idle keep-alive connection: close silently
+
+    def _pause(self) -> None:
+        if self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def close_if_idle(self) -> None:
+        if self._current is None and not self._pending and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _ParsedRequest:
+    __slots__ = ("body", "body_size", "headers", "keep_alive", "method", "received_at", "url")
+
+    def __init__(
+        self,
+        method: bytes,
+        url: bytes,
+        headers: hdr.RequestHeaders,
+        body: list[bytes],
+        body_size: int,
+        keep_alive: bool,
+        received_at: float,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.body_size = body_size
+        self.keep_alive = keep_alive
+        self.received_at = received_at
+
+    def _replace_url(self, url: bytes) -> _ParsedRequest:
+        return _ParsedRequest(
+            self.method,
+            url,
+            self.headers,
+            self.body,
+            self.body_size,
+            self.keep_alive,
+            self.received_at,
+        )
+
+
+def _too_large_message(size: int, limit: int) -> str:
+    return (
+        f"The request body ({size} bytes or more) exceeds the {limit}-byte limit for real-time "
+        "invocation; send a smaller payload or use asynchronous inference."
+    )
+
+
+def _select(
+    route: EndpointRoute, headers: hdr.RequestHeaders
+) -> tuple[VariantRoute, tuple[Upstream, ...]]:
+    """Pick variant, instance and the containers to call, applying SageMaker's Direct rules."""
+    if headers.target_variant is not None:
+        variant = route.variants_by_name.get(headers.target_variant)
+        if variant is None:
+            raise ValidationError(
+                f"Variant {headers.target_variant} is not part of endpoint {route.name}; "
+                f"its variants are: {', '.join(route.variants_by_name)}.",
+                field="TargetVariant",
+                rule="must name a variant of the endpoint",
+            )
+    else:
+        variant = route.pick_variant()
+    instance = variant.next_instance()
+    target = headers.target_container
+    if route.direct:
+        if target is None:
+            raise ValidationError(
+                f"Endpoint {route.name} uses Direct invocation: set TargetContainerHostname "
+                f"(header X-Amzn-SageMaker-Target-Container-Hostname) to one of: "
+                f"{', '.join(instance.by_name)}.",
+                field="TargetContainerHostname",
+                rule="required for Direct invocation",
+            )
+        upstream = instance.by_name.get(target)
+        if upstream is None:
+            raise ValidationError(
+                f"TargetContainerHostname {target} is not a container of endpoint {route.name}; "
+                f"its containers are: {', '.join(instance.by_name)}.",
+                field="TargetContainerHostname",
+                rule="must name a container of the endpoint",
+            )
+        return variant, (upstream,)
+    if target is not None:
+        raise ValidationError(
+            f"Endpoint {route.name} is not configured for Direct invocation, so "
+            f"TargetContainerHostname ({target}) must not be set.",
+            field="TargetContainerHostname",
+            rule="only allowed for Direct invocation",
+        )
+    return variant, instance.chain

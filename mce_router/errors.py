@@ -1,0 +1,183 @@
+"""One error tree for the whole package, and the one table that maps it to wire responses.
+
+Library code raises these; only :func:`wire_error` decides which HTTP status, error code and
+body a client sees, so that boto3 parses every error into the exception AWS would raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+Plane = Literal["runtime", "control"]
+
+#: botocore's rest-json parser takes the error code from this header (the part before ':').
+ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.sagemaker/"
+
+
+class RouterError(Exception):
+    """Base of every error mce_router raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(RouterError, ValueError):
+    """The router configuration (YAML or RouterConfig arguments) is invalid."""
+
+
+class ValidationError(RouterError, ValueError):
+    """A request or resource definition breaks a rule; ``field`` names where, ``rule`` what."""
+
+    def __init__(self, message: str, *, field: str = "", rule: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        self.rule = rule
+
+
+class PayloadTooLarge(ValidationError):
+    """The invocation body exceeds the configured limit (6 MiB by default)."""
+
+
+class MalformedRequest(ValidationError):
+    """The HTTP request itself is broken or ambiguous; the connection is closed after the answer."""
+
+
+class HeadersTooLarge(MalformedRequest):
+    """Too many request headers, or too many header bytes."""
+
+
+class RequestTimeout(MalformedRequest):
+    """The client did not send a complete request within the read deadline."""
+
+
+class UnknownOperation(RouterError):
+    """A path or method the API does not serve."""
+
+
+class ResourceNotFound(RouterError, LookupError):
+    """A model, endpoint config or endpoint that does not exist."""
+
+
+class EndpointNotFound(ResourceNotFound):
+    """SageMaker answers a missing endpoint with a validation error, and waiters rely on it."""
+
+
+class ResourceInUse(RouterError):
+    """The resource exists already, or another resource depends on it."""
+
+
+class ResourceLimitExceeded(RouterError):
+    """A configured limit (containers per model, endpoints, ...) would be exceeded."""
+
+
+class EndpointStartupError(RouterError):
+    """Containers of an endpoint did not start or did not pass the ping health check."""
+
+    def __init__(self, message: str, failed_containers: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failed_containers = failed_containers
+
+
+class InvocationError(RouterError):
+    """Base of errors that end one invocation on the data plane."""
+
+
+class ModelError(InvocationError):
+    """A container answered with a non-2xx status, broke the connection, or timed out."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        container: str,
+        original_status: int,
+        original_message: str,
+        log_stream_arn: str,
+    ) -> None:
+        super().__init__(message)
+        self.container = container
+        self.original_status = original_status
+        self.original_message = original_message
+        self.log_stream_arn = log_stream_arn
+
+
+class ServiceUnavailable(InvocationError):
+    """The endpoint or the container is not serving right now (starting, restarting, stopping)."""
+
+
+class ModelNotReady(InvocationError):
+    """The container is at its concurrency limit; the caller should back off and retry."""
+
+
+class InternalFailure(InvocationError):
+    """A bug or an unexpected condition inside the router."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireError:
+    status: int
+    code: str
+    message: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        payload: dict[str, Any] = {"__type": self.code, "message": self.message}
+        payload.update(self.extra)
+        return orjson.dumps(payload)
+
+    def header_pairs(self) -> tuple[tuple[str, str], ...]:
+        return (
+            ("Content-Type", "application/json"),
+            ("x-amzn-ErrorType", self.code + ERROR_TYPE_SUFFIX),
+        )
+
+
+# The one table: error class -> (HTTP status, code on the runtime API, code on the control API).
+# Looked up along the MRO, so subclasses inherit their parent's wire form unless listed.
+_WIRE_TABLE: dict[type[BaseException], tuple[int, str, str]] = {
+    PayloadTooLarge: (413, "ValidationError", "ValidationException"),
+    HeadersTooLarge: (431, "ValidationError", "ValidationException"),
+    RequestTimeout: (408, "ValidationError", "ValidationException"),
+    UnknownOperation: (404, "UnknownOperationException", "UnknownOperationException"),
+    EndpointNotFound: (400, "ValidationError", "ValidationException"),
+    ValidationError: (400, "ValidationError", "ValidationException"),
+    ConfigError: (400, "ValidationError", "ValidationException"),
+    ResourceNotFound: (400, "ValidationError", "ResourceNotFound"),
+    ResourceInUse: (400, "ValidationError", "ResourceInUse"),
+    ResourceLimitExceeded: (400, "ValidationError", "ResourceLimitExceeded"),
+    EndpointStartupError: (500, "InternalFailure", "InternalFailure"),
+    ModelError: (424, "ModelError", "ModelError"),
+    ModelNotReady: (429, "ModelNotReadyException", "ModelNotReadyException"),
+    ServiceUnavailable: (503, "ServiceUnavailable", "ServiceUnavailable"),
+    InternalFailure: (500, "InternalFailure", "InternalFailure"),
+}
+
+# SageMaker truncates OriginalMessage to this many characters.
+ORIGINAL_MESSAGE_LIMIT = 2048
+
+
+def wire_error(exc: BaseException, plane: Plane = "runtime") -> WireError:
+    """Map any exception to the status, code and body a SageMaker client expects."""
+    for cls in type(exc).__mro__:
+        entry = _WIRE_TABLE.get(cls)
+        if entry is not None:
+            status, runtime_code, control_code = entry
+            break
+    else:
+        status, runtime_code, control_code = 500, "InternalFailure", "InternalFailure"
+    message = exc.message if isinstance(exc, RouterError) else "An internal error occurred."
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ModelError):
+        extra = {
+            "Message": message,
+            "OriginalStatusCode": exc.original_status,
+            "OriginalMessage": exc.original_message[:ORIGINAL_MESSAGE_LIMIT],
+            "LogStreamArn": exc.log_stream_arn,
+        }
+    code = runtime_code if plane == "runtime" else control_code
+    return WireError(status, code, message, extra)
