@@ -21,6 +21,7 @@ from .config import RouterConfig
 from .dataplane.proxy import EndpointRoute, InstanceRoute, Upstream, VariantRoute
 from .errors import EndpointStartupError, ServiceUnavailable
 from .health import ping, wait_until_healthy
+from .metrics import RouterMetrics, UsageSource
 from .runtime.base import ContainerLaunch, ContainerRuntime, RunningContainer
 from .spec import EndpointConfigSpec, ExecutionMode, ModelSpec
 
@@ -47,8 +48,10 @@ class Deployment:
         models: Mapping[str, ModelSpec],
         config: RouterConfig,
         runtime: ContainerRuntime,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.endpoint_name = endpoint_name
+        self._metrics = metrics
         self.endpoint_config = endpoint_config
         self.models = dict(models)
         self._config = config
@@ -157,11 +160,26 @@ class Deployment:
                         {u.container_name: u for u in chain},
                     )
                 )
-            variants.append(
-                VariantRoute(
-                    variant.variant_name, variant.initial_variant_weight, tuple(instance_routes)
-                )
+            variant_route = VariantRoute(
+                variant.variant_name, variant.initial_variant_weight, tuple(instance_routes)
             )
+            if self._metrics is not None:
+                if direct:
+                    self._metrics.direct_variant(
+                        self.endpoint_name,
+                        variant.variant_name,
+                        [
+                            self._metrics.container(
+                                self.endpoint_name, variant.variant_name, c.name
+                            )
+                            for c in model.containers
+                        ],
+                    )
+                else:
+                    variant_route.observer = self._metrics.variant(
+                        self.endpoint_name, variant.variant_name
+                    )
+            variants.append(variant_route)
         return EndpointRoute(self.endpoint_name, direct, tuple(variants))
 
     def _make_upstream(self, slot: ContainerSlot, loop: asyncio.AbstractEventLoop) -> Upstream:
@@ -183,8 +201,24 @@ class Deployment:
             limits=self._config.limits,
             loop=loop,
         )
+        if self._metrics is not None:
+            upstream.observer = self._metrics.container(
+                launch.endpoint_name, launch.variant_name, launch.container_name
+            )
         slot.upstream = upstream
         return upstream
+
+    def usage_sources(self) -> list[UsageSource]:
+        return [
+            UsageSource(
+                slot.launch.endpoint_name,
+                slot.launch.variant_name,
+                slot.launch.container_name,
+                slot.container.pids(),
+            )
+            for slot in self._slots
+            if slot.container is not None and slot.container.pids()
+        ]
 
     # --- supervision -------------------------------------------------------------------------
 

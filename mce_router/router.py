@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from .config import RouterConfig
@@ -29,6 +30,7 @@ from .errors import (
     RouterError,
     ValidationError,
 )
+from .metrics import RouterMetrics, UsageSource, put_metric_data_requests
 from .runtime import ContainerRuntime, ImageRuntime
 from .spec import EndpointConfigSpec, EndpointSpec, ModelSpec
 
@@ -41,6 +43,8 @@ class EndpointState:
     config_name: str
     status: str = "Creating"
     failure_reason: str | None = None
+    #: Containers that did not start or did not pass the ping health check (when Failed).
+    failed_containers: tuple[str, ...] = ()
     deployment: Deployment | None = None
     created_at: float = field(default_factory=time.time)
     modified_at: float = field(default_factory=time.time)
@@ -69,6 +73,8 @@ class Router:
         self.endpoints: dict[str, EndpointState] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
+        #: None when ``config.metrics.enabled`` is false: the hot path then records nothing.
+        self.metrics: RouterMetrics | None = RouterMetrics() if config.metrics.enabled else None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -108,6 +114,13 @@ class Router:
                 self._admin, config.listener.host, config.listener.admin_port, reuse_address=True
             )
             await self._admin_site.start()
+            if self.metrics is not None:
+                self._spawn(
+                    self.metrics.run_sampler(
+                        self._usage_sources, config.metrics.usage_sample_seconds
+                    ),
+                    "resource usage sampler",
+                )
             await self._apply_declared_resources()
         except BaseException:
             await self.stop(drain_seconds=0)
@@ -229,24 +242,38 @@ class Router:
         self.endpoints[spec.name] = state
         models = {v.model_name: self.models[v.model_name] for v in endpoint_config.variants}
         assert self._runtime is not None
-        deployment = Deployment(spec.name, endpoint_config, models, self.config, self._runtime)
-        state.deployment = deployment
-        task = asyncio.get_running_loop().create_task(
-            self._bring_up(state, deployment), name=f"create endpoint {spec.name}"
+        deployment = Deployment(
+            spec.name, endpoint_config, models, self.config, self._runtime, self.metrics
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        state.deployment = deployment
+        self._spawn(self._bring_up(state, deployment), f"create endpoint {spec.name}")
         if wait:
             await state.ready.wait()
             if state.status == "Failed":
-                raise EndpointStartupError(state.failure_reason or "endpoint failed")
+                raise EndpointStartupError(
+                    state.failure_reason or "endpoint failed", state.failed_containers
+                )
         return state
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _usage_sources(self) -> list[UsageSource]:
+        return [
+            source
+            for state in self.endpoints.values()
+            if state.deployment is not None
+            for source in state.deployment.usage_sources()
+        ]
 
     async def _bring_up(self, state: EndpointState, deployment: Deployment) -> None:
         try:
             route = await deployment.start()
         except EndpointStartupError as exc:
             state.status, state.failure_reason = "Failed", exc.message
+            state.failed_containers = exc.failed_containers
             state.deployment = None
             log.error("%s", exc.message)
         except Exception as exc:  # a runtime bug must not leave the endpoint "Creating" forever
@@ -310,10 +337,43 @@ class Router:
     def _admin_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/ping", self._admin_ping)
+        app.router.add_get("/metrics", self._admin_metrics)
+        app.router.add_get("/metrics/cloudwatch", self._admin_cloudwatch)
         return app
 
     async def _admin_ping(self, request: web.Request) -> web.Response:
         return web.Response(text="")
+
+    async def _admin_metrics(self, request: web.Request) -> web.Response:
+        if self.metrics is None:
+            raise web.HTTPNotFound(text="metrics are disabled (config metrics.enabled: false)\n")
+        return web.Response(
+            body=self.metrics.prometheus_text(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def _admin_cloudwatch(self, request: web.Request) -> web.Response:
+        """``?include_current=true`` adds the unfinished minute; ``?since=EPOCH`` drops older
+        minutes; ``?format=put-metric-data`` answers ready ``put_metric_data(**r)`` requests."""
+        if self.metrics is None:
+            raise web.HTTPNotFound(text="metrics are disabled (config metrics.enabled: false)\n")
+        query = request.query
+        try:
+            since = float(query["since"]) if "since" in query else None
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be epoch seconds\n") from None
+        datums = self.metrics.cloudwatch_datums(
+            include_current=query.get("include_current", "").lower() in ("1", "true", "yes"),
+            since=since,
+        )
+        if query.get("format") == "put-metric-data":
+            namespaces = {"AWS/SageMaker": self.config.metrics.cloudwatch_sagemaker_namespace}
+            payload: dict[str, Any] = {
+                "PutMetricDataRequests": put_metric_data_requests(datums, namespaces)
+            }
+        else:
+            payload = {"MetricData": datums}
+        return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
 __all__ = ["EndpointState", "ResourceNotFound", "Router", "RouterError"]

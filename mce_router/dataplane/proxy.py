@@ -19,6 +19,7 @@ import email.utils
 import itertools
 import os
 import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, cast
@@ -42,6 +43,9 @@ from ..errors import (
     wire_error,
 )
 from . import headers as hdr
+
+# Latencies use perf_counter: uvloop's loop.time() only advances in whole milliseconds.
+_clock = time.perf_counter
 
 # ----------------------------------------------------------------------------------------------
 # Routing table: immutable, built per configuration load, swapped atomically by the router.
@@ -114,8 +118,10 @@ class UpstreamObserver:
 
     __slots__ = ()
 
-    def container_call(self, status: int, latency_seconds: float) -> None:
-        """``status`` is the container's HTTP status, 0 when it gave none (error, timeout)."""
+    def container_call(self, status: int, latency: float, overhead: float) -> None:
+        """``status`` is the container's HTTP status, 0 when it gave none (refused, broken,
+        timed out); ``latency`` is ContainerLatency and ``overhead`` the router time attributed
+        to this stage, both in seconds."""
 
 
 class VariantObserver:
@@ -123,10 +129,10 @@ class VariantObserver:
 
     __slots__ = ()
 
-    def invocation(
-        self, status: int, model_seconds: float, overhead_seconds: float, containers: int
-    ) -> None:
-        """``status`` is the status returned to the client."""
+    def invocation(self, status: int, latency: float, overhead: float) -> None:
+        """``status`` is the status of the last container call (0: no valid answer), or the
+        router's own status when no container was called (503, 429); ``latency`` is ModelLatency
+        (the sum of ContainerLatency) and ``overhead`` OverheadLatency, in seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,9 +278,11 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(f"invalid HTTP response ({exc})")
-        except _ResponseTooLarge as exc:
-            self._fail(str(exc))
+            raised = _raised_in_callback(exc)
+            if isinstance(raised, _ResponseTooLarge):
+                self._fail(str(raised))
+            else:
+                self._fail(f"invalid HTTP response ({exc})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -371,6 +379,14 @@ class UpstreamConnection(asyncio.Protocol):
 
 class _ResponseTooLarge(Exception):
     pass
+
+
+def _raised_in_callback(exc: httptools.HttpParserError) -> BaseException | None:
+    """What one of our parser callbacks raised: httptools never lets it through as such but
+    raises ``HttpParserCallbackError`` with the original exception as its ``__context__``."""
+    if isinstance(exc, httptools.HttpParserCallbackError):
+        return exc.__context__
+    return None
 
 
 class UpstreamResponse:
@@ -563,6 +579,10 @@ class Invocation:
     __slots__ = (
         "_attempt_reused",
         "_conn",
+        "_final_latency",
+        "_final_observer",
+        "_final_overhead",
+        "_mark",
         "_stage",
         "_stage_started",
         "_state",
@@ -576,6 +596,7 @@ class Invocation:
         "forward_block",
         "keep_alive",
         "model_seconds",
+        "model_status",
         "received_at",
         "variant",
     )
@@ -604,6 +625,13 @@ class Invocation:
         self.keep_alive = keep_alive
         self.received_at = received_at
         self.model_seconds = 0.0
+        self.model_status = -1  # no container called yet
+        # Metrics bookkeeping: the last instant accounted for, and the final call's numbers,
+        # which get the time spent answering the client added when the response is written.
+        self._mark = received_at
+        self._final_observer: UpstreamObserver | None = None
+        self._final_latency = 0.0
+        self._final_overhead = 0.0
         self._stage = 0
         self._state = _STATE_WAITING
         self._conn: UpstreamConnection | None = None
@@ -648,10 +676,8 @@ class Invocation:
         self._attempt_reused = reused
         self._state = _STATE_SENT
         loop = self.client.loop
-        self._stage_started = loop.time()
-        self._timer = loop.call_at(
-            self._stage_started + self.client.server.invocation_timeout, self._timed_out
-        )
+        self._stage_started = _clock()
+        self._timer = loop.call_later(self.client.server.invocation_timeout, self._timed_out)
         conn.send(self, b"".join(parts), self.body)
 
     def pool_rejected(self, error: InvocationError) -> None:
@@ -663,20 +689,17 @@ class Invocation:
         if self._state != _STATE_SENT or conn is not self._conn:
             conn.pool.release(conn)
             return
-        now = self.client.loop.time()
         self._cancel_timer()
         self._conn = None
-        stage_seconds = now - self._stage_started
-        self.model_seconds += stage_seconds
         upstream = self.chain[self._stage]
         conn.pool.release(conn)
         status = response.status
-        if upstream.observer is not None:
-            upstream.observer.container_call(status, stage_seconds)
-        if not 200 <= status < 300:
+        ok = 200 <= status < 300
+        self._end_call(upstream, status, self._stage_started, final=not ok or self._is_last())
+        if not ok:
             self._finish_error(_model_error(upstream, response))
             return
-        if self._stage + 1 < len(self.chain):
+        if not self._is_last():
             # Serial: this stage's response is the next stage's request.
             self._stage += 1
             self.body = response.body
@@ -700,10 +723,9 @@ class Invocation:
             self._attempt_reused = False
             upstream.pool.acquire(self, fresh=True)
             return
-        if conn is not None:
-            self.model_seconds += self.client.loop.time() - self._stage_started
-        if upstream.observer is not None:
-            upstream.observer.container_call(0, self.client.loop.time() - self._stage_started)
+        # A failed connect never started a call: it counts as an instant failed call.
+        started = self._stage_started if conn is not None else _clock()
+        self._end_call(upstream, 0, started, final=True)
         self._finish_error(_broken_call_error(upstream, failure.detail))
 
     def _timed_out(self) -> None:
@@ -713,11 +735,9 @@ class Invocation:
         upstream = self.chain[self._stage]
         conn = self._conn
         self._conn = None
-        self.model_seconds += self.client.loop.time() - self._stage_started
         if conn is not None:
             conn.abort()
-        if upstream.observer is not None:
-            upstream.observer.container_call(0, self.client.loop.time() - self._stage_started)
+        self._end_call(upstream, 0, self._stage_started, final=True)
         timeout = self.client.server.invocation_timeout
         self._finish_error(
             _broken_call_error(
@@ -727,6 +747,40 @@ class Invocation:
                 message_is_full=True,
             )
         )
+
+    def _is_last(self) -> bool:
+        return self._stage + 1 == len(self.chain)
+
+    def _end_call(self, upstream: Upstream, status: int, started: float, *, final: bool) -> None:
+        now = _clock()
+        latency = now - started
+        overhead = started - self._mark
+        self._mark = now
+        self.model_seconds += latency
+        self.model_status = status
+        observer = upstream.observer
+        if observer is None:
+            return
+        if final:
+            self._final_observer = observer
+            self._final_latency = latency
+            self._final_overhead = overhead
+        else:
+            observer.container_call(status, latency, overhead)
+
+    def record(self, client_status: int) -> None:
+        """Report metrics once the response has been handed to the client socket."""
+        now = _clock()
+        final = self._final_observer
+        if final is not None:
+            final.container_call(
+                self.model_status, self._final_latency, self._final_overhead + now - self._mark
+            )
+        observer = self.variant.observer
+        if observer is not None:
+            model_status = self.model_status if self.model_status >= 0 else client_status
+            held = now - self.received_at
+            observer.invocation(model_status, self.model_seconds, held - self.model_seconds)
 
     def client_gone(self) -> None:
         """The client disconnected: stop waiting for a connection; a sent call runs out and its
@@ -939,12 +993,14 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except _RequestRejected as exc:
-            self._reject(exc.error)
         except httptools.HttpParserUpgrade:
             self._reject(MalformedRequest("Protocol upgrades are not supported."))
         except httptools.HttpParserError as exc:
-            self._reject(MalformedRequest(f"Malformed HTTP request: {exc}."))
+            raised = _raised_in_callback(exc)
+            if isinstance(raised, _RequestRejected):
+                self._reject(raised.error)
+            else:
+                self._reject(MalformedRequest(f"Malformed HTTP request: {exc}."))
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -1003,7 +1059,7 @@ class ClientConnection(asyncio.Protocol):
             self._body,
             self._body_size,
             self.parser.should_keep_alive(),
-            self.loop.time(),
+            _clock(),
         )
         self._reset_request()
         if self._current is None and not self._pending:
@@ -1093,7 +1149,7 @@ class ClientConnection(asyncio.Protocol):
         self.server.invocation_finished()
         variant = invocation.variant
         if self.transport is None or self.closing:
-            self._record(invocation, response.status)
+            invocation.record(200)
             return
         keep_alive = invocation.keep_alive
         head = [
@@ -1116,7 +1172,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(b"".join(head))
         else:
             self.transport.writelines([b"".join(head), *body])
-        self._record(invocation, 200)
+        invocation.record(200)
         self._after_response(keep_alive)
 
     def send_invocation_error(self, invocation: Invocation, error: RouterError) -> None:
@@ -1124,18 +1180,7 @@ class ClientConnection(asyncio.Protocol):
         invocation.variant.in_flight -= 1
         self.server.invocation_finished()
         status = self._write_error(error, invocation.keep_alive, invocation.variant)
-        self._record(invocation, status)
-
-    def _record(self, invocation: Invocation, status: int) -> None:
-        observer = invocation.variant.observer
-        if observer is not None:
-            held = self.loop.time() - invocation.received_at
-            observer.invocation(
-                status,
-                invocation.model_seconds,
-                max(0.0, held - invocation.model_seconds),
-                invocation._stage + 1,
-            )
+        invocation.record(status)
 
     def _write_error(
         self, error: RouterError, keep_alive: bool, variant: VariantRoute | None

@@ -20,12 +20,22 @@ Process knobs (environment):
     (default 300) so a broken test cannot leak it forever.
 ``FAULT_IGNORE_SIGTERM=1``
     Ignore SIGTERM; only SIGKILL stops the process. Otherwise SIGTERM exits 0 at once.
+``FAULT_DEFAULT_ACTION``
+    The action of a request whose custom attributes name none (default ``echo``), e.g.
+    ``status:500`` for a container that fails every call, or ``headers``. Custom attributes
+    reach every stage of a Serial pipeline, so this is how one stage behaves differently.
+``FAULT_RESPONSE_CONTENT_TYPE``
+    Content-Type of the answers carrying data (``echo``, ``sleep``, ``close-after``, ``headers``,
+    ``env``, ``big``) instead of the usual one, so a Serial stage can hand its successor a
+    Content-Type of its own.
 
 Per-request behaviour of ``POST /invocations`` comes from ``X-Amzn-SageMaker-Custom-Attributes``
 (``key=value`` pairs separated by ``;`` or ``,``): ``action=`` one of ``echo`` (default),
 ``status:N`` (with ``message=``), ``headers``, ``sleep:SECONDS``, ``hang``, ``crash``,
 ``die-mid-body``, ``close``, ``garbage``, ``close-after``, ``big:N``, ``reason``, ``env``,
-``set-ping:MODE`` (switch the ping behaviour from now on). ``GET /stats`` reports counters.
+``set-ping:MODE`` (switch the ping behaviour from now on). ``headers`` reports the request as
+JSON ``{"method", "path", "headers", "body_length", "body"}`` (body decoded as latin-1), so
+nested reports show what every Serial stage received. ``GET /stats`` reports counters.
 """
 
 from __future__ import annotations
@@ -51,6 +61,24 @@ BODY_LIMIT = 64 * 1024 * 1024
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 _ATTRIBUTE_SEPARATORS = re.compile(r"[;,]")
 _PING_MODE = re.compile(r"ok|fail|hang|ok-after:\d+|fail-after:\d+")
+_ACTIONS = frozenset(
+    {
+        "echo",
+        "status",
+        "headers",
+        "sleep",
+        "hang",
+        "crash",
+        "die-mid-body",
+        "close",
+        "garbage",
+        "close-after",
+        "big",
+        "reason",
+        "env",
+        "set-ping",
+    }
+)
 
 
 def log(message: str) -> None:
@@ -189,8 +217,15 @@ async def hang(reader: asyncio.StreamReader) -> None:
 
 
 class Server:
-    def __init__(self, state: State) -> None:
+    def __init__(
+        self,
+        state: State,
+        default_action: str = "echo",
+        response_content_type: str | None = None,
+    ) -> None:
         self.state = state
+        self.default_action = default_action
+        self.response_content_type = response_content_type
 
     async def handle_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -280,14 +315,18 @@ class Server:
     ) -> bool:
         raw_attributes = request.header(CUSTOM_ATTRIBUTES)
         attributes = parse_attributes(raw_attributes)
-        action, _, arg = attributes.get("action", "echo").partition(":")
+        action, _, arg = attributes.get("action", self.default_action).partition(":")
         echoed: list[tuple[str, str]] = []
         if raw_attributes is not None:
             echoed.append(("X-Amzn-SageMaker-Custom-Attributes", raw_attributes))
 
         content_type = request.header("content-type")
+        forced = self.response_content_type
+        if forced is not None:  # FAULT_RESPONSE_CONTENT_TYPE wins for every 200 answer
+            content_type = forced
         # Echo: the request's Content-Type byte for byte (none if it sent none).
         echo_headers = echoed if content_type is None else [("Content-Type", content_type), *echoed]
+        json_headers = [_JSON if forced is None else ("Content-Type", forced), *echoed]
 
         try:
             if action == "echo":
@@ -304,9 +343,10 @@ class Server:
                     "path": request.target,
                     "headers": [list(item) for item in request.headers],
                     "body_length": len(request.body),
+                    "body": request.body.decode("latin-1"),
                 }
                 body = json.dumps(report).encode()
-                return await self.send(writer, request, 200, body, [_JSON, *echoed])
+                return await self.send(writer, request, 200, body, json_headers)
             if action == "sleep":
                 await asyncio.sleep(float(arg))
                 return await self.send(writer, request, 200, request.body, echo_headers)
@@ -335,14 +375,14 @@ class Server:
                 return await self.send(writer, request, 200, request.body, echo_headers)
             if action == "big":
                 body = b"x" * int(arg)
-                headers = [("Content-Type", "application/octet-stream"), *echoed]
+                headers = [("Content-Type", forced or "application/octet-stream"), *echoed]
                 return await self.send(writer, request, 200, body, headers)
             if action == "reason":
                 reason = "Custom Failure Reason"
                 return await self.send(writer, request, 500, b"", [_TEXT, *echoed], reason=reason)
             if action == "env":
                 body = json.dumps(selected_env()).encode()
-                return await self.send(writer, request, 200, body, [_JSON, *echoed])
+                return await self.send(writer, request, 200, body, json_headers)
             if action == "set-ping":
                 if not _PING_MODE.fullmatch(arg):
                     raise ValueError(arg)
@@ -388,7 +428,9 @@ def fork_child(pid_file: str | None, max_seconds: float) -> int:
     return pid
 
 
-async def serve(port: int, startup: str, state: State, ignore_sigterm: bool, child: int) -> int:
+async def serve(
+    port: int, startup: str, state: State, ignore_sigterm: bool, child: int, server: Server
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if not ignore_sigterm:
@@ -410,7 +452,6 @@ async def serve(port: int, startup: str, state: State, ignore_sigterm: bool, chi
         except TimeoutError:
             pass
 
-    server = Server(state)
     try:
         listener = await asyncio.start_server(
             server.handle_connection, HOST, port, limit=HEAD_LIMIT, backlog=1024
@@ -470,7 +511,12 @@ def main() -> int:
     if ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log("FAULT_IGNORE_SIGTERM=1: ignoring SIGTERM")
-    return asyncio.run(serve(port, startup, State(ping_mode=ping_mode), ignore_sigterm, child))
+    default_action = env.get("FAULT_DEFAULT_ACTION") or "echo"
+    if default_action.partition(":")[0] not in _ACTIONS:
+        fail(f"bad FAULT_DEFAULT_ACTION {default_action!r}")
+    state = State(ping_mode=ping_mode)
+    server = Server(state, default_action, env.get("FAULT_RESPONSE_CONTENT_TYPE") or None)
+    return asyncio.run(serve(port, startup, state, ignore_sigterm, child, server))
 
 
 if __name__ == "__main__":

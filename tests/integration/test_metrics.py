@@ -1,0 +1,285 @@
+"""Per-container metrics: exact counts and dimensions in both exports, CPU sampling, timing."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import boto3
+import orjson
+import pytest
+from botocore.validate import validate_parameters
+from conftest import (
+    FAULT_IMAGE,
+    call_raising,
+    deploy,
+    direct_model,
+    images_for_tests,
+    invoke,
+    running_router,
+    runtime_client,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from mce_router.config import MetricsSettings, ProcessImage
+
+BUSY_IMAGE = "test/busy:latest"
+BUSY_CONTAINER = Path(__file__).parents[1] / "containers" / "busy_container.py"
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body: bytes = response.read()
+        return body
+
+
+async def fetch(url: str) -> bytes:
+    return await asyncio.to_thread(_get, url)
+
+
+def prometheus_samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def labels(endpoint: str, container: str | None = None) -> tuple[tuple[str, str], ...]:
+    pairs = {"endpoint_name": endpoint, "variant_name": "AllTraffic"}
+    if container is not None:
+        pairs["container_name"] = container
+    return tuple(sorted(pairs.items()))
+
+
+def cloudwatch_index(datums: list[dict[str, Any]]) -> dict[tuple[str, str, tuple[str, ...]], Any]:
+    """(namespace, metric, dimension values) -> StatisticValues, summed over minutes."""
+    index: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+    for datum in datums:
+        key = (
+            datum["Namespace"],
+            datum["MetricName"],
+            tuple(d["Value"] for d in datum["Dimensions"]),
+        )
+        stats = datum["StatisticValues"]
+        old = index.get(key)
+        if old is None:
+            index[key] = dict(stats)
+        else:  # a test that straddles a minute boundary sees two datums
+            old["SampleCount"] += stats["SampleCount"]
+            old["Sum"] += stats["Sum"]
+            old["Minimum"] = min(old["Minimum"], stats["Minimum"])
+            old["Maximum"] = max(old["Maximum"], stats["Maximum"])
+    return index
+
+
+async def test_known_mix_gives_exact_counts_in_both_exports(config_factory: Any) -> None:
+    async with running_router(config_factory()) as router:
+        direct = await deploy(router, direct_model("mix", ["good", "bad-request", "broken"]))
+        serial = await deploy(
+            router,
+            {
+                "ModelName": "pipe",
+                "Containers": [{"Image": FAULT_IMAGE}, {"Image": FAULT_IMAGE}],
+            },
+        )
+        client = runtime_client(router)
+        for _ in range(7):
+            await invoke(client, EndpointName=direct, TargetContainerHostname="good", Body=b"x")
+        for _ in range(3):
+            await call_raising(
+                client,
+                EndpointName=direct,
+                TargetContainerHostname="bad-request",
+                Body=b"x",
+                CustomAttributes="action=status:400",
+            )
+        for _ in range(2):
+            await call_raising(
+                client,
+                EndpointName=direct,
+                TargetContainerHostname="broken",
+                Body=b"x",
+                CustomAttributes="action=status:500",
+            )
+        for _ in range(4):
+            await invoke(client, EndpointName=serial, Body=b"y")
+
+        samples = prometheus_samples(await fetch(f"{router.admin_url}/metrics"))
+        expected_containers = {
+            ("mix", "good"): (7, 0, 0),
+            ("mix", "bad-request"): (3, 3, 0),
+            ("mix", "broken"): (2, 0, 2),
+            ("pipe", "container-1"): (4, 0, 0),
+            ("pipe", "container-2"): (4, 0, 0),
+        }
+        for (endpoint, container), (calls, e4, e5) in expected_containers.items():
+            key = labels(endpoint, container)
+            assert samples[("sagemaker_container_invocations_total", key)] == calls
+            assert samples[("sagemaker_container_invocation_4xx_errors_total", key)] == e4
+            assert samples[("sagemaker_container_invocation_5xx_errors_total", key)] == e5
+            assert samples[("sagemaker_container_latency_seconds_count", key)] == calls
+            assert samples[("sagemaker_container_overhead_latency_seconds_count", key)] == calls
+        assert samples[("sagemaker_invocations_total", labels("mix"))] == 12
+        assert samples[("sagemaker_invocation_4xx_errors_total", labels("mix"))] == 3
+        assert samples[("sagemaker_invocation_5xx_errors_total", labels("mix"))] == 2
+        assert samples[("sagemaker_invocations_total", labels("pipe"))] == 4
+        assert samples[("sagemaker_model_latency_seconds_count", labels("pipe"))] == 4
+
+        body = await fetch(f"{router.admin_url}/metrics/cloudwatch?include_current=true")
+        datums = orjson.loads(body)["MetricData"]
+        index = cloudwatch_index(datums)
+        ns = "AWS/SageMaker"
+        for (endpoint, container), (calls, e4, e5) in expected_containers.items():
+            dims = (endpoint, "AllTraffic", container)
+            assert index[(ns, "Invocations", dims)]["Sum"] == calls
+            assert index[(ns, "Invocation4XXErrors", dims)]["Sum"] == e4
+            assert index[(ns, "Invocation4XXErrors", dims)]["SampleCount"] == calls
+            assert index[(ns, "Invocation5XXErrors", dims)]["Sum"] == e5
+            assert index[(ns, "ContainerLatency", dims)]["SampleCount"] == calls
+            assert index[(ns, "OverheadLatency", dims)]["SampleCount"] == calls
+        assert index[(ns, "Invocations", ("mix", "AllTraffic"))]["Sum"] == 12
+        assert index[(ns, "Invocation5XXErrors", ("mix", "AllTraffic"))]["Sum"] == 2
+        assert index[(ns, "ModelLatency", ("pipe", "AllTraffic"))]["SampleCount"] == 4
+        # Variants have no ContainerLatency; containers have no ModelLatency.
+        assert not any(k[1] == "ContainerLatency" and len(k[2]) == 2 for k in index)
+        assert not any(k[1] == "ModelLatency" and len(k[2]) == 3 for k in index)
+        for datum in datums:
+            names = [d["Name"] for d in datum["Dimensions"]]
+            assert names in (
+                ["EndpointName", "VariantName"],
+                ["EndpointName", "VariantName", "ContainerName"],
+            )
+            assert datum["Unit"] in ("None", "Microseconds", "Percent")
+            assert set(datum["StatisticValues"]) == {"SampleCount", "Sum", "Minimum", "Maximum"}
+
+        # The ready-to-send form passes botocore's own validation of PutMetricData.
+        ready = orjson.loads(
+            await fetch(
+                f"{router.admin_url}/metrics/cloudwatch?include_current=true&format=put-metric-data"
+            )
+        )["PutMetricDataRequests"]
+        cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
+        input_shape = cloudwatch.meta.service_model.operation_model("PutMetricData").input_shape
+        assert {r["Namespace"] for r in ready} == {"MceRouter/SageMaker"}
+        for request in ready:
+            validate_parameters(request, input_shape)
+        assert sum(len(r["MetricData"]) for r in ready) == len(
+            [d for d in datums if d["Namespace"] == ns]
+        )
+
+
+async def test_busy_container_reads_high_cpu_and_idle_reads_near_zero(
+    config_factory: Any,
+) -> None:
+    images = images_for_tests(
+        **{BUSY_IMAGE: ProcessImage(command=(sys.executable, str(BUSY_CONTAINER)))}
+    )
+    config = config_factory(images=images, metrics=MetricsSettings(usage_sample_seconds=0.5))
+    async with running_router(config) as router:
+        await deploy(
+            router,
+            {
+                "ModelName": "usage",
+                "InferenceExecutionConfig": {"Mode": "Direct"},
+                "Containers": [
+                    {"ContainerHostname": "busy", "Image": BUSY_IMAGE},
+                    {"ContainerHostname": "idle", "Image": FAULT_IMAGE},
+                ],
+            },
+        )
+        assert router.metrics is not None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            usage = router.metrics.usage
+            busy = usage.get(("usage", "AllTraffic", "busy"))
+            idle = usage.get(("usage", "AllTraffic", "idle"))
+            if busy is not None and idle is not None and busy.cpu.count >= 3:
+                break
+            await asyncio.sleep(0.25)
+        samples = prometheus_samples(await fetch(f"{router.admin_url}/metrics"))
+        busy_cpu = samples[("sagemaker_container_cpu_utilization_percent", labels("usage", "busy"))]
+        idle_cpu = samples[("sagemaker_container_cpu_utilization_percent", labels("usage", "idle"))]
+        # One spinning thread is one core (100 %); the sampler shares 2 cores with the suite.
+        assert busy_cpu > 50, busy_cpu
+        assert idle_cpu < 10, idle_cpu
+        memory = samples[
+            ("sagemaker_container_memory_utilization_percent", labels("usage", "idle"))
+        ]
+        assert 0 < memory < 5
+        datums = orjson.loads(
+            await fetch(f"{router.admin_url}/metrics/cloudwatch?include_current=1")
+        )["MetricData"]
+        index = cloudwatch_index(datums)
+        busy_datum = index[
+            ("/aws/sagemaker/Endpoints", "CPUUtilization", ("usage", "AllTraffic", "busy"))
+        ]
+        assert busy_datum["Maximum"] > 50
+        assert (
+            "/aws/sagemaker/Endpoints",
+            "MemoryUtilization",
+            ("usage", "AllTraffic", "idle"),
+        ) in index
+
+
+async def test_latencies_add_up_to_the_time_the_router_held_requests(
+    config_factory: Any,
+) -> None:
+    """Per request, summed over Serial stages, ContainerLatency + OverheadLatency is the time the
+    router held it; the client, which also pays for boto3 and loopback, must see at least that."""
+    async with running_router(config_factory()) as router:
+        serial = await deploy(
+            router,
+            {
+                "ModelName": "timed",
+                "Containers": [
+                    {"Image": FAULT_IMAGE, "Environment": {"FAULT_DEFAULT_ACTION": "sleep:0.02"}},
+                    {"Image": FAULT_IMAGE, "Environment": {"FAULT_DEFAULT_ACTION": "sleep:0.03"}},
+                ],
+            },
+        )
+        client = runtime_client(router)
+        await invoke(client, EndpointName=serial, Body=b"warm-up")
+        assert router.metrics is not None
+        stats = [router.metrics.container("timed", "AllTraffic", f"container-{i}") for i in (1, 2)]
+        variant = router.metrics.variants[("timed", "AllTraffic")]
+        before = [(s.latency_sum, s.overhead_sum) for s in stats]
+        before_model = variant.latency_sum
+        requests = 10
+        client_seconds = 0.0
+        for _ in range(requests):
+            started = time.perf_counter()
+            await invoke(client, EndpointName=serial, Body=b"z")
+            client_seconds += time.perf_counter() - started
+        container_latency = sum(s.latency_sum - b[0] for s, b in zip(stats, before, strict=True))
+        overhead = sum(s.overhead_sum - b[1] for s, b in zip(stats, before, strict=True))
+        held = container_latency + overhead
+        # The variant's ModelLatency is exactly the sum of its containers' ContainerLatency.
+        assert variant.latency_sum - before_model == pytest.approx(container_latency, rel=1e-9)
+        # Each container slept: its latency can't be below the sleep.
+        assert stats[0].latency_sum - before[0][0] >= 0.02 * requests
+        assert stats[1].latency_sum - before[1][0] >= 0.03 * requests
+        # The router held each request for less than the client waited for it ...
+        assert held <= client_seconds
+        # ... and the difference is the client's own cost (boto3 request building, signing,
+        # parsing, two loopback hops): a few milliseconds per request even on a loaded CI
+        # machine, bounded here at 25 ms per request so that a router that under-reports the
+        # time it held requests (e.g. drops a stage or the response write) fails.
+        assert client_seconds - held < 0.025 * requests, (client_seconds, held)
+
+
+async def test_metrics_can_be_turned_off(config_factory: Any) -> None:
+    async with running_router(config_factory(metrics=MetricsSettings(enabled=False))) as router:
+        endpoint = await deploy(router, direct_model("quiet", ["a"]))
+        await invoke(
+            runtime_client(router), EndpointName=endpoint, TargetContainerHostname="a", Body=b"x"
+        )
+        assert router.metrics is None
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            await fetch(f"{router.admin_url}/metrics")
+        assert raised.value.code == 404
+        raised.value.close()
