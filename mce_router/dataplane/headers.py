@@ -35,15 +35,21 @@ SINGLETONS: Final = frozenset(
     }
 )
 
+#: Every (lower-cased) header name the router looks at; the hot path ignores all others.
+RELEVANT: Final = frozenset({*SINGLETONS, b"connection", b"expect"})
+
 CUSTOM_ATTRIBUTES_MAX: Final = 1024
 INFERENCE_ID_MAX: Final = 64
+_CUSTOM_ATTRIBUTES: Final = FORWARDED[b"x-amzn-sagemaker-custom-attributes"]
+_INFERENCE_ID: Final = FORWARDED[b"x-amzn-sagemaker-inference-id"]
 
 
 class RequestHeaders:
     """The headers of one client request, reduced to what the router uses.
 
-    ``add`` is called per header by the parser and ``finish`` once at the end of the head; both
-    return a problem description (answered with 400) or None.
+    ``add`` (or ``add_lower`` with the name already lower-cased) is called per header and
+    ``finish`` once at the end of the head; both return a problem description (answered with
+    400) or None.
     """
 
     __slots__ = (
@@ -61,9 +67,9 @@ class RequestHeaders:
     )
 
     def __init__(self) -> None:
-        self._seen: set[bytes] = set()
-        self._forwarded: list[tuple[bytes, bytes]] = []
-        self._connection_tokens: list[bytes] = []
+        self._seen: list[bytes] = []
+        self._forwarded: list[tuple[bytes, bytes]] | None = None
+        self._connection_tokens: list[bytes] | None = None
         self.content_type: bytes | None = None
         self.accept: bytes | None = None
         self.content_length: int | None = None
@@ -75,24 +81,33 @@ class RequestHeaders:
 
     def add(self, name: bytes, value: bytes) -> str | None:
         lname = name.lower()
+        if lname not in RELEVANT:
+            return None
+        return self.add_lower(lname, name, value)
+
+    def add_lower(self, lname: bytes, name: bytes, value: bytes) -> str | None:
         if lname in SINGLETONS:
             if lname in self._seen:
                 return f"The header {name.decode('latin-1')} appears more than once."
-            self._seen.add(lname)
+            self._seen.append(lname)
         if lname == CONTENT_TYPE:
             self.content_type = value
         elif lname == ACCEPT:
             self.accept = value
-        elif lname in FORWARDED:
-            self._forwarded.append((FORWARDED[lname], value))
-        elif lname == TARGET_CONTAINER:
-            self.target_container = value.decode("latin-1")
-        elif lname == TARGET_VARIANT:
-            self.target_variant = value.decode("latin-1")
         elif lname == b"content-length":
             # llhttp has validated the digits already; keep the number for the early 413.
             self.content_length = int(value)
+        elif lname == TARGET_CONTAINER:
+            self.target_container = value.decode("latin-1")
+        elif lname in FORWARDED:
+            if self._forwarded is None:
+                self._forwarded = []
+            self._forwarded.append((FORWARDED[lname], value))
+        elif lname == TARGET_VARIANT:
+            self.target_variant = value.decode("latin-1")
         elif lname == b"connection":
+            if self._connection_tokens is None:
+                self._connection_tokens = []
             self._connection_tokens.extend(
                 token.strip().lower() for token in value.split(b",") if token.strip()
             )
@@ -103,31 +118,35 @@ class RequestHeaders:
         return None
 
     def finish(self) -> str | None:
-        if self._connection_tokens:
+        forwarded = self._forwarded
+        if self._connection_tokens is not None:
             # Headers listed in Connection are hop-by-hop for this request: never forward them.
             hop = set(self._connection_tokens)
-            self._forwarded = [(n, v) for n, v in self._forwarded if n.lower() not in hop]
+            if forwarded is not None:
+                forwarded = [(n, v) for n, v in forwarded if n.lower() not in hop]
             if ACCEPT in hop:
                 self.accept = None
             if CONTENT_TYPE in hop:
                 self.content_type = None
-        parts = []
-        for name, value in self._forwarded:
-            if name == b"X-Amzn-SageMaker-Custom-Attributes" and (
-                len(value) > CUSTOM_ATTRIBUTES_MAX or not _printable_ascii(value)
-            ):
-                return (
-                    "CustomAttributes must be at most 1024 printable ASCII characters "
-                    f"(got {len(value)} bytes)."
-                )
-            if name == b"X-Amzn-SageMaker-Inference-Id" and not 1 <= len(value) <= INFERENCE_ID_MAX:
-                return "InferenceId must be 1 to 64 characters long."
-            parts.append(name + b": " + value + b"\r\n")
-        self.forward_block = b"".join(parts)
+        if forwarded:
+            parts = []
+            for name, value in forwarded:
+                if name is _CUSTOM_ATTRIBUTES and (
+                    len(value) > CUSTOM_ATTRIBUTES_MAX or not _printable_ascii(value)
+                ):
+                    return (
+                        "CustomAttributes must be at most 1024 printable ASCII characters "
+                        f"(got {len(value)} bytes)."
+                    )
+                if name is _INFERENCE_ID and not 1 <= len(value) <= INFERENCE_ID_MAX:
+                    return "InferenceId must be 1 to 64 characters long."
+                parts.append(name + b": " + value + b"\r\n")
+            self.forward_block = b"".join(parts)
         if self.accept is not None:
             self.accept_block = b"Accept: " + self.accept + b"\r\n"
         return None
 
 
 def _printable_ascii(value: bytes) -> bool:
-    return all(0x20 <= byte < 0x7F for byte in value)
+    # ASCII 0x20..0x7E; str.isprintable is False for the control characters and DEL.
+    return value.isascii() and value.decode("ascii").isprintable()

@@ -67,6 +67,7 @@ class Upstream:
         "observer",
         "pool",
         "port",
+        "request_head",
         "unavailable_reason",
         "variant_name",
     )
@@ -99,6 +100,7 @@ class Upstream:
         self.unavailable_reason = "the container has not passed its ping health check yet"
         self.pool = ConnectionPool(self, limits, loop)
         self.observer: UpstreamObserver | None = None
+        self.request_head = b"POST /invocations HTTP/1.1\r\n" + self.host_header
 
     def mark_available(self) -> None:
         self.available = True
@@ -151,6 +153,8 @@ class VariantRoute:
     instances: tuple[InstanceRoute, ...]
     #: Pre-built response header naming the variant that served the request.
     response_header: bytes = b""
+    #: Status line and variant header of every successful response, built once.
+    ok_head: bytes = b""
     observer: VariantObserver | None = None
     #: Requests of this variant being served now; deployments drain on it.
     in_flight: int = 0
@@ -158,6 +162,7 @@ class VariantRoute:
 
     def __post_init__(self) -> None:
         self.response_header = b"x-Amzn-Invoked-Production-Variant: " + self.name.encode() + b"\r\n"
+        self.ok_head = b"HTTP/1.1 200 OK\r\n" + self.response_header
         self._round_robin = itertools.cycle(self.instances)
 
     def next_instance(self) -> InstanceRoute:
@@ -583,16 +588,17 @@ class Invocation:
         "_final_observer",
         "_final_overhead",
         "_mark",
+        "_orphaned",
         "_stage",
         "_stage_started",
         "_state",
-        "_timer",
         "accept_block",
         "body",
         "body_size",
         "chain",
         "client",
         "content_type",
+        "deadline",
         "forward_block",
         "keep_alive",
         "model_seconds",
@@ -635,9 +641,12 @@ class Invocation:
         self._stage = 0
         self._state = _STATE_WAITING
         self._conn: UpstreamConnection | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._stage_started = 0.0
         self._attempt_reused = False
+        self._orphaned = False
+        # perf_counter instant after which the server's sweep times this invocation out; it
+        # also bounds the wait for a free connection.
+        self.deadline = received_at + client.server.invocation_timeout
 
     def start(self) -> None:
         self._call_stage()
@@ -661,24 +670,22 @@ class Invocation:
 
     def connection_ready(self, conn: UpstreamConnection, *, reused: bool) -> None:
         upstream = self.chain[self._stage]
-        last = self._stage == len(self.chain) - 1
-        parts = [
-            b"POST /invocations HTTP/1.1\r\n",
-            upstream.host_header,
-            self.forward_block,
-        ]
-        if self.content_type is not None:
-            parts.append(b"Content-Type: " + self.content_type + b"\r\n")
-        if last:
-            parts.append(self.accept_block)
-        parts.append(b"Content-Length: %d\r\n\r\n" % self.body_size)
+        content_type = self.content_type
+        head = b"".join(
+            (
+                upstream.request_head,
+                self.forward_block,
+                b"" if content_type is None else b"Content-Type: " + content_type + b"\r\n",
+                self.accept_block if self._stage + 1 == len(self.chain) else b"",
+                b"Content-Length: %d\r\n\r\n" % self.body_size,
+            )
+        )
         self._conn = conn
         self._attempt_reused = reused
         self._state = _STATE_SENT
-        loop = self.client.loop
-        self._stage_started = _clock()
-        self._timer = loop.call_later(self.client.server.invocation_timeout, self._timed_out)
-        conn.send(self, b"".join(parts), self.body)
+        started = self._stage_started = _clock()
+        self.deadline = started + self.client.server.invocation_timeout
+        conn.send(self, head, self.body)
 
     def pool_rejected(self, error: InvocationError) -> None:
         if self._state == _STATE_WAITING:
@@ -689,7 +696,6 @@ class Invocation:
         if self._state != _STATE_SENT or conn is not self._conn:
             conn.pool.release(conn)
             return
-        self._cancel_timer()
         self._conn = None
         upstream = self.chain[self._stage]
         conn.pool.release(conn)
@@ -707,14 +713,12 @@ class Invocation:
             self.content_type = response.content_type
             self._call_stage()
             return
-        self._state = _STATE_DONE
-        self.client.send_invocation_response(self, response)
+        self._finish_ok(response)
 
     def upstream_failed(self, conn: UpstreamConnection | None, failure: UpstreamFailure) -> None:
         if self._state == _STATE_DONE or (conn is not None and conn is not self._conn):
             return
         upstream = self.chain[self._stage]
-        self._cancel_timer()
         self._conn = None
         if conn is not None and self._attempt_reused and failure.before_response:
             # A kept-alive connection the container had already closed: the request never
@@ -728,17 +732,25 @@ class Invocation:
         self._end_call(upstream, 0, started, final=True)
         self._finish_error(_broken_call_error(upstream, failure.detail))
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
+        """Called by the server's sweep once ``deadline`` has passed."""
+        upstream = self.chain[self._stage]
+        timeout = self.client.server.invocation_timeout
+        if self._state == _STATE_WAITING:
+            self._finish_error(
+                ModelNotReady(
+                    f"Container {upstream.container_name} had no free connection within "
+                    f"{timeout:g} s: all {upstream.pool.max_connections} are busy. Retry later."
+                )
+            )
+            return
         if self._state != _STATE_SENT:
             return
-        upstream = self.chain[self._stage]
         conn = self._conn
         self._conn = None
         if conn is not None:
             conn.abort()
         self._end_call(upstream, 0, self._stage_started, final=True)
-        timeout = self.client.server.invocation_timeout
         self._finish_error(
             _broken_call_error(
                 upstream,
@@ -782,20 +794,37 @@ class Invocation:
             held = now - self.received_at
             observer.invocation(model_status, self.model_seconds, held - self.model_seconds)
 
-    def client_gone(self) -> None:
-        """The client disconnected: stop waiting for a connection; a sent call runs out and its
-        connection is still reused, so a container never sees a half request."""
+    def client_gone(self) -> bool:
+        """The client disconnected. A request still waiting for a connection is dropped; one
+        already sent runs to its end (the connection stays clean for reuse and the container
+        never sees half a request). Returns True when the caller must keep watching it."""
         if self._state == _STATE_WAITING:
             self._state = _STATE_DONE
+            self.client.server.in_flight -= 1
+            self.variant.in_flight -= 1
+            return False
+        if self._state == _STATE_SENT:
+            self._orphaned = True
+            return True
+        return False
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def abandon(self) -> None:
+        """Shutdown: give up on a container call whose client has gone."""
+        if self._state == _STATE_SENT and self._conn is not None:
+            conn, self._conn = self._conn, None
+            self._state = _STATE_DONE
+            conn.abort()
+
+    def _finish_ok(self, response: UpstreamResponse) -> None:
+        self._state = _STATE_DONE
+        if self._orphaned:
+            self.client.server.orphans.discard(self)
+        self.client.send_invocation_response(self, response)
 
     def _finish_error(self, error: RouterError) -> None:
-        self._cancel_timer()
         self._state = _STATE_DONE
+        if self._orphaned:
+            self.client.server.orphans.discard(self)
         self.client.send_invocation_error(self, error)
 
 
@@ -871,7 +900,15 @@ class DateHeader:
 
 
 class RuntimeServer:
-    """Shared state of all client connections of one runtime listener."""
+    """Shared state of all client connections of one runtime listener.
+
+    Deadlines (request read, idle keep-alive, invocation timeout) are plain floats on the
+    connections and invocations, checked by one sweep timer per server instead of a timer per
+    request: arming and cancelling three or four timers per request cost more than routing it.
+    """
+
+    #: Sweep period: the resolution of every deadline the data plane enforces.
+    SWEEP_SECONDS: Final = 0.1
 
     def __init__(
         self, limits: Limits, loop: asyncio.AbstractEventLoop, *, account_id: str = "000000000000"
@@ -881,35 +918,31 @@ class RuntimeServer:
         self.table = RoutingTable()
         self.limits = limits
         self.invocation_timeout = limits.invocation_timeout_seconds
+        self.header_timeout = limits.header_read_timeout_seconds
+        self.body_timeout = limits.body_read_timeout_seconds
+        self.keepalive_timeout = limits.client_keepalive_timeout_seconds
         self.max_body = limits.max_request_body_bytes
         self.max_header_count = limits.max_header_count
         self.max_header_bytes = limits.max_header_bytes
         self.date = DateHeader()
         self.connections: set[ClientConnection] = set()
+        #: Invocations whose client went away while a container call was still running; the
+        #: sweep still enforces their deadline so a hung container cannot pin a connection.
+        self.orphans: set[Invocation] = set()
         self.in_flight = 0
         self.accepting = True
-        self._idle_event = asyncio.Event()
-        self._idle_event.set()
         self._request_ids = itertools.count(1)
-        self._request_id_prefix = os.urandom(6).hex()
+        prefix = os.urandom(6).hex()
+        self._request_id_head = f"x-amzn-RequestId: {prefix[:8]}-{prefix[8:12]}-4000-8000-".encode()
         self.ping_response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n"
+        self._sweeper: asyncio.TimerHandle | None = loop.call_later(self.SWEEP_SECONDS, self._sweep)
 
-    def next_request_id(self) -> bytes:
-        n = next(self._request_ids)
-        p = self._request_id_prefix
-        return f"{p[:8]}-{p[8:12]}-4000-8000-{n:012x}".encode()
-
-    def invocation_started(self) -> None:
-        self.in_flight += 1
-        self._idle_event.clear()
-
-    def invocation_finished(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle_event.set()
+    def request_id_line(self) -> bytes:
+        return self._request_id_head + b"%012x\r\n" % next(self._request_ids)
 
     async def wait_idle(self) -> None:
-        await self._idle_event.wait()
+        while self.in_flight:
+            await asyncio.sleep(0.01)
 
     def protocol_factory(self) -> ClientConnection:
         return ClientConnection(self)
@@ -921,6 +954,28 @@ class RuntimeServer:
     def abort_all(self) -> None:
         for conn in list(self.connections):
             conn.abort()
+        for invocation in list(self.orphans):
+            invocation.abandon()
+        self.orphans.clear()
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        clock_now = _clock()
+        for conn in list(self.connections):
+            if conn.deadline <= now:
+                conn.deadline_passed()
+            current = conn.current
+            if current is not None and current.deadline <= clock_now:
+                current.timed_out()
+        for invocation in list(self.orphans):
+            if invocation.deadline <= clock_now:
+                invocation.timed_out()
+        self._sweeper = self.loop.call_later(self.SWEEP_SECONDS, self._sweep)
 
 
 class _RequestRejected(Exception):
@@ -932,21 +987,25 @@ class _RequestRejected(Exception):
 
 
 _PENDING_LIMIT: Final = 8  # pipelined requests parsed ahead before reading pauses
+_NO_DEADLINE: Final = float("inf")
+_RELEVANT = hdr.RELEVANT
 
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_size",
-        "_current",
-        "_header_bytes",
+        "_head_bytes",
         "_header_count",
         "_headers",
+        "_in_head",
         "_paused",
         "_pending",
-        "_read_timer",
+        "_problem",
         "_url",
         "closing",
+        "current",
+        "deadline",
         "loop",
         "parser",
         "server",
@@ -959,17 +1018,16 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self._pending: collections.deque[_ParsedRequest] = collections.deque()
-        self._current: Invocation | None = None
+        self.current: Invocation | None = None
         self._paused = False
         self.closing = False
-        self._read_timer: asyncio.TimerHandle | None = None
-        self._reset_request()
-
-    def _reset_request(self) -> None:
+        self.deadline = _NO_DEADLINE
+        self._in_head = False
+        self._head_bytes = 0
+        self._problem: RouterError | None = None
         self._url = b""
         self._headers = hdr.RequestHeaders()
         self._header_count = 0
-        self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
 
@@ -978,14 +1036,14 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
-        self._arm_read_timer(self.server.limits.client_keepalive_timeout_seconds)
+        self.deadline = self.loop.time() + self.server.keepalive_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
-        self._cancel_read_timer()
-        if self._current is not None:
-            self._current.client_gone()
+        current = self.current
+        if current is not None and current.client_gone():
+            self.server.orphans.add(current)
         self._pending.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -995,17 +1053,31 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(MalformedRequest("Protocol upgrades are not supported."))
+            return
         except httptools.HttpParserError as exc:
             raised = _raised_in_callback(exc)
             if isinstance(raised, _RequestRejected):
                 self._reject(raised.error)
             else:
                 self._reject(MalformedRequest(f"Malformed HTTP request: {exc}."))
+            return
+        if self._in_head:
+            # llhttp puts no bound on a request head; this does, without a per-header check.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.server.max_header_bytes:
+                self._reject(_headers_too_large(self.server))
 
-    # httptools callbacks
+    # httptools callbacks: only cheap bookkeeping here, the work happens once per request
     def on_message_begin(self) -> None:
-        self._reset_request()
-        self._arm_read_timer(self.server.limits.header_read_timeout_seconds)
+        self._in_head = True
+        self._head_bytes = 0
+        self._url = b""
+        self._headers = hdr.RequestHeaders()
+        self._header_count = 0
+        self._problem = None
+        self._body = []
+        self._body_size = 0
+        self.deadline = self.loop.time() + self.server.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -1014,32 +1086,29 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
-        self._header_bytes += len(name) + len(value)
-        if (
-            self._header_count > self.server.max_header_count
-            or self._header_bytes > self.server.max_header_bytes
-        ):
-            raise _RequestRejected(
-                HeadersTooLarge(
-                    f"Request headers exceed the limit of {self.server.max_header_count} headers "
-                    f"or {self.server.max_header_bytes} bytes."
-                )
-            )
-        problem = self._headers.add(name, value)
-        if problem is not None:
-            raise _RequestRejected(MalformedRequest(problem))
+        lname = name.lower()
+        if lname in _RELEVANT and self._problem is None:
+            problem = self._headers.add_lower(lname, name, value)
+            if problem is not None:
+                self._problem = MalformedRequest(problem)
 
     def on_headers_complete(self) -> None:
-        problem = self._headers.finish()
+        self._in_head = False
+        server = self.server
+        if self._header_count > server.max_header_count:
+            raise _RequestRejected(_headers_too_large(server))
+        if self._problem is not None:
+            raise _RequestRejected(self._problem)
+        headers = self._headers
+        problem = headers.finish()
         if problem is not None:
             raise _RequestRejected(MalformedRequest(problem))
-        length = self._headers.content_length
-        if length is not None and length > self.server.max_body:
-            raise _RequestRejected(
-                PayloadTooLarge(_too_large_message(length, self.server.max_body))
-            )
-        self._arm_read_timer(self.server.limits.body_read_timeout_seconds)
-        if self._headers.expect_continue and self.transport is not None:
+        length = headers.content_length
+        if length is not None and length > server.max_body:
+            too_large = PayloadTooLarge(_too_large_message(length, server.max_body))
+            raise _RequestRejected(too_large)
+        self.deadline = self.loop.time() + server.body_timeout
+        if headers.expect_continue and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -1051,35 +1120,55 @@ class ClientConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._cancel_read_timer()
-        request = _ParsedRequest(
-            self.parser.get_method(),
-            self._url,
-            self._headers,
-            self._body,
-            self._body_size,
-            self.parser.should_keep_alive(),
-            _clock(),
+        received_at = _clock()
+        self.deadline = _NO_DEADLINE
+        parser = self.parser
+        if self.current is None and not self._pending:
+            self._dispatch(
+                parser.get_method(),
+                self._url,
+                self._headers,
+                self._body,
+                self._body_size,
+                parser.should_keep_alive(),
+                received_at,
+            )
+            return
+        self._pending.append(
+            _ParsedRequest(
+                parser.get_method(),
+                self._url,
+                self._headers,
+                self._body,
+                self._body_size,
+                parser.should_keep_alive(),
+                received_at,
+            )
         )
-        self._reset_request()
-        if self._current is None and not self._pending:
-            self._handle(request)
-        else:
-            self._pending.append(request)
-            if len(self._pending) >= _PENDING_LIMIT and not self._paused:
-                self._pause()
+        if len(self._pending) >= _PENDING_LIMIT and not self._paused:
+            self._pause()
 
     # request handling
-    def _handle(self, request: _ParsedRequest) -> None:
-        route = self.server.table.by_path.get(request.url)
-        if route is None or request.method != b"POST":
-            self._handle_other(request)
+    def _dispatch(
+        self,
+        method: bytes,
+        url: bytes,
+        headers: hdr.RequestHeaders,
+        body: list[bytes],
+        body_size: int,
+        keep_alive: bool,
+        received_at: float,
+    ) -> None:
+        route = self.server.table.by_path.get(url)
+        if route is None or method != b"POST":
+            self._handle_other(
+                _ParsedRequest(method, url, headers, body, body_size, keep_alive, received_at)
+            )
             return
-        headers = request.headers
         try:
             variant, chain = _select(route, headers)
         except RouterError as exc:
-            self._write_error(exc, request.keep_alive, None)
+            self._write_error(exc, keep_alive, None)
             return
         invocation = Invocation(
             self,
@@ -1088,15 +1177,26 @@ class ClientConnection(asyncio.Protocol):
             headers.content_type,
             headers.forward_block,
             headers.accept_block,
+            body,
+            body_size,
+            keep_alive,
+            received_at,
+        )
+        self.current = invocation
+        variant.in_flight += 1
+        self.server.in_flight += 1
+        invocation.start()
+
+    def _handle(self, request: _ParsedRequest) -> None:
+        self._dispatch(
+            request.method,
+            request.url,
+            request.headers,
             request.body,
             request.body_size,
             request.keep_alive,
             request.received_at,
         )
-        self._current = invocation
-        variant.in_flight += 1
-        self.server.invocation_started()
-        invocation.start()
 
     def _handle_other(self, request: _ParsedRequest) -> None:
         path = request.url.split(b"?", 1)[0]
@@ -1144,41 +1244,39 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def send_invocation_response(self, invocation: Invocation, response: UpstreamResponse) -> None:
-        self._current = None
+        self.current = None
         invocation.variant.in_flight -= 1
-        self.server.invocation_finished()
-        variant = invocation.variant
+        self.server.in_flight -= 1
         if self.transport is None or self.closing:
             invocation.record(200)
             return
         keep_alive = invocation.keep_alive
-        head = [
-            b"HTTP/1.1 200 OK\r\n",
-            variant.response_header,
-            b"x-amzn-RequestId: " + self.server.next_request_id() + b"\r\n",
-            self.server.date.get(self.loop.time()),
-        ]
-        if response.content_type is not None:
-            head.append(b"Content-Type: " + response.content_type + b"\r\n")
-        if response.custom_attributes is not None:
-            head.append(
-                b"X-Amzn-SageMaker-Custom-Attributes: " + response.custom_attributes + b"\r\n"
-            )
-        head.append(b"Content-Length: %d\r\n" % response.body_size)
-        head.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        server = self.server
+        content_type = response.content_type
+        custom_attributes = response.custom_attributes
+        head = (
+            invocation.variant.ok_head,
+            server.request_id_line(),
+            server.date.get(self.loop.time()),
+            b"" if content_type is None else b"Content-Type: " + content_type + b"\r\n",
+            b""
+            if custom_attributes is None
+            else b"X-Amzn-SageMaker-Custom-Attributes: " + custom_attributes + b"\r\n",
+            b"Content-Length: %d\r\n" % response.body_size,
+            b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
+        )
         body = response.body
         if len(body) == 1 and len(body[0]) < 65536:
-            head.append(body[0])
-            self.transport.write(b"".join(head))
+            self.transport.write(b"".join((*head, body[0])))
         else:
             self.transport.writelines([b"".join(head), *body])
         invocation.record(200)
         self._after_response(keep_alive)
 
     def send_invocation_error(self, invocation: Invocation, error: RouterError) -> None:
-        self._current = None
+        self.current = None
         invocation.variant.in_flight -= 1
-        self.server.invocation_finished()
+        self.server.in_flight -= 1
         status = self._write_error(error, invocation.keep_alive, invocation.variant)
         invocation.record(status)
 
@@ -1190,7 +1288,7 @@ class ClientConnection(asyncio.Protocol):
         head.extend(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in wire.header_pairs())
         if variant is not None:
             head.append(variant.response_header)
-        head.append(b"x-amzn-RequestId: " + self.server.next_request_id() + b"\r\n")
+        head.append(self.server.request_id_line())
         head.append(self.server.date.get(self.loop.time()))
         self._write_raw(b"".join(head), wire.body(), keep_alive)
         return wire.status
@@ -1213,13 +1311,13 @@ class ClientConnection(asyncio.Protocol):
             if self._paused and len(self._pending) < _PENDING_LIMIT // 2:
                 self._resume()
             self._handle(request)
-        else:
-            self._arm_read_timer(self.server.limits.client_keepalive_timeout_seconds)
+        elif not self._in_head:
+            self.deadline = self.loop.time() + self.server.keepalive_timeout
 
     def _reject(self, error: RouterError) -> None:
         """Answer a request that cannot be parsed or allowed, then close: after a framing error
         the next request's boundary is unknown, so nothing more is read from this socket."""
-        if self._current is not None:
+        if self.current is not None or self._pending:
             # A response is still owed for an earlier request; answering out of order would
             # corrupt the stream, so just close.
             self.abort()
@@ -1227,21 +1325,12 @@ class ClientConnection(asyncio.Protocol):
         self._write_error(error, False, None)
         self.closing = True
 
-    # timers and flow control
-    def _arm_read_timer(self, seconds: float) -> None:
-        self._cancel_read_timer()
-        self._read_timer = self.loop.call_later(seconds, self._read_timed_out)
-
-    def _cancel_read_timer(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-
-    def _read_timed_out(self) -> None:
-        self._read_timer = None
-        if self._current is not None or self._pending:
+    def deadline_passed(self) -> None:
+        """Called by the server's sweep when ``deadline`` is over."""
+        self.deadline = _NO_DEADLINE
+        if self.current is not None or self._pending or self.closing:
             return
-        if self._header_count or self._url or self._body_size:
+        if self._in_head or self._header_count or self._url or self._body_size:
             self._reject(RequestTimeout("The request was not received completely in time."))
         else:
             self.abort()  # idle keep-alive connection: close silently
@@ -1257,7 +1346,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close_if_idle(self) -> None:
-        if self._current is None and not self._pending and self.transport is not None:
+        if self.current is None and not self._pending and self.transport is not None:
             self.closing = True
             self.transport.close()
 
@@ -1298,6 +1387,13 @@ class _ParsedRequest:
             self.keep_alive,
             self.received_at,
         )
+
+
+def _headers_too_large(server: RuntimeServer) -> HeadersTooLarge:
+    return HeadersTooLarge(
+        f"Request headers exceed the limit of {server.max_header_count} headers or "
+        f"{server.max_header_bytes} bytes."
+    )
 
 
 def _too_large_message(size: int, limit: int) -> str:
