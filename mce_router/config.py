@@ -68,6 +68,12 @@ class Limits:
     max_header_bytes: int = 16 * 1024
     #: Requests waiting for a free connection to one container before 429 is answered.
     max_queued_per_container: int = 1024
+    #: How long requests in flight on a fleet being replaced (UpdateEndpoint) or deleted
+    #: (DeleteEndpoint) may take to finish before its containers are stopped anyway.
+    drain_timeout_seconds: float = 30.0
+    #: Containers this router runs at most, summed over every endpoint (both fleets count
+    #: while an update runs); CreateEndpoint/UpdateEndpoint beyond it: ResourceLimitExceeded.
+    max_running_containers: int = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,9 @@ class RouterConfig:
     process: ProcessSettings = field(default_factory=ProcessSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     state_dir: Path = Path("mce-state")
+    #: The SQLite file holding models, endpoint configs and endpoints; None means
+    #: ``<state_dir>/state.db``.
+    state_file: Path | None = None
     region: str = "us-east-1"
     account_id: str = "000000000000"
     models: tuple[Mapping[str, Any], ...] = ()
@@ -134,6 +143,11 @@ class RouterConfig:
 
     def replace(self, **changes: Any) -> RouterConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def state_path(self) -> Path:
+        """Where models, endpoint configs and endpoints are persisted."""
+        return self.state_file if self.state_file is not None else self.state_dir / "state.db"
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], *, base_dir: Path | None = None) -> RouterConfig:
@@ -149,6 +163,7 @@ class RouterConfig:
             "process",
             "metrics",
             "state_dir",
+            "state_file",
             "region",
             "account_id",
             "models",
@@ -169,6 +184,8 @@ class RouterConfig:
         }
         if "state_dir" in raw:
             kwargs["state_dir"] = (base / str(raw["state_dir"])).resolve()
+        if raw.get("state_file") is not None:
+            kwargs["state_file"] = (base / str(raw["state_file"])).resolve()
         for key in ("region", "account_id"):
             if key in raw:
                 kwargs[key] = str(raw[key])
@@ -302,6 +319,10 @@ def _validate(config: RouterConfig) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config.{name}: must be greater than 0 (got {value})")
+    if limits.max_running_containers < 1:
+        raise ConfigError("config.limits.max_running_containers: must be at least 1")
+    if limits.drain_timeout_seconds < 0:
+        raise ConfigError("config.limits.drain_timeout_seconds: must be 0 or more")
     if config.process.stop_grace_seconds < 0:
         raise ConfigError("config.process.stop_grace_seconds: must be 0 or more")
     if limits.max_idle_connections_per_container < 0:

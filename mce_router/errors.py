@@ -59,12 +59,29 @@ class UnknownOperation(RouterError):
     """A path or method the API does not serve."""
 
 
+class UnknownTarget(UnknownOperation):
+    """A control-plane request whose ``X-Amz-Target`` names no operation this router serves;
+    AWS's JSON protocols answer it with 400, not 404."""
+
+
+class SerializationError(RouterError):
+    """A control-plane request body that is not a JSON object (AWS: SerializationException)."""
+
+
 class ResourceNotFound(RouterError, LookupError):
     """A model, endpoint config or endpoint that does not exist."""
 
 
 class EndpointNotFound(ResourceNotFound):
     """SageMaker answers a missing endpoint with a validation error, and waiters rely on it."""
+
+
+class ModelNotFound(ResourceNotFound):
+    """SageMaker answers a missing model with ValidationException "Could not find model ..."."""
+
+
+class EndpointConfigNotFound(ResourceNotFound):
+    """SageMaker answers a missing endpoint config with ValidationException as well."""
 
 
 class ResourceInUse(RouterError):
@@ -143,8 +160,12 @@ _WIRE_TABLE: dict[type[BaseException], tuple[int, str, str]] = {
     PayloadTooLarge: (413, "ValidationError", "ValidationException"),
     HeadersTooLarge: (431, "ValidationError", "ValidationException"),
     RequestTimeout: (408, "ValidationError", "ValidationException"),
+    UnknownTarget: (400, "UnknownOperationException", "UnknownOperationException"),
     UnknownOperation: (404, "UnknownOperationException", "UnknownOperationException"),
+    SerializationError: (400, "ValidationError", "SerializationException"),
     EndpointNotFound: (400, "ValidationError", "ValidationException"),
+    ModelNotFound: (400, "ValidationError", "ValidationException"),
+    EndpointConfigNotFound: (400, "ValidationError", "ValidationException"),
     ValidationError: (400, "ValidationError", "ValidationException"),
     ConfigError: (400, "ValidationError", "ValidationException"),
     ResourceNotFound: (400, "ValidationError", "ResourceNotFound"),

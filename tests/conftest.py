@@ -18,6 +18,7 @@ import boto3
 import psutil
 import pytest
 from botocore.config import Config
+from botocore.validate import validate_parameters
 
 from mce_router import Router, RouterConfig
 from mce_router.config import HealthSettings, Limits, Listener, ProcessImage, ProcessSettings
@@ -126,6 +127,32 @@ def client_for_url(url: str, **config: Any) -> Any:
         aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
         config=Config(retries={"max_attempts": 1, "mode": "standard"}, **config),
     )
+
+
+def control_client(url: str, **config: Any) -> Any:
+    """An unmodified boto3 ``sagemaker`` (control-plane) client pointed at a router's admin port
+    (no retries: each call is exactly one HTTP request)."""
+    return boto3.client(
+        "sagemaker",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, **config),
+    )
+
+
+def validate_output(client: Any, operation: str, response: dict[str, Any]) -> None:
+    """Every member is one botocore's output shape has, with the right types and ranges."""
+    shape = client.meta.service_model.operation_model(operation).output_shape
+    output = {k: v for k, v in response.items() if k != "ResponseMetadata"}
+    validate_parameters(output, shape)
+    missing = set(shape.required_members) - set(output)
+    assert not missing, f"{operation} output lacks required members {missing}"
+
+
+#: boto3 waiters poll every 30 s by default; tests poll fast and give up after 30 s.
+FAST_WAITER = {"Delay": 0.1, "MaxAttempts": 300}
 
 
 async def invoke(client: Any, **kwargs: Any) -> dict[str, Any]:

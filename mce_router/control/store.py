@@ -3,8 +3,16 @@
 Every write is one transaction, committed before the API answers, so a router killed at any
 instant restarts from the last acknowledged state. The router runs every call on its event-loop
 thread without awaiting in between a check and its write, so concurrent API calls are
-serialized and cannot interleave inside an operation. WAL mode keeps readers (another process
-inspecting the file) from blocking the router.
+serialized and cannot interleave inside an operation; the primary keys (``COLLATE NOCASE``,
+names are unique ignoring case as in SageMaker) refuse a duplicate even if that ever changed.
+WAL mode keeps readers (another process inspecting the file) from blocking the router;
+``synchronous=NORMAL`` makes a commit survive the router process being killed (SIGKILL, OOM)
+without an fsync per call on the event loop — only a power loss can take back the last commits,
+and the file stays consistent even then.
+
+One router owns a state file at a time: :meth:`Store.open` takes an exclusive ``flock`` on
+``<file>.lock`` (released by the kernel when the process dies, so a killed router never leaves a
+stale lock behind).
 
 An endpoint row keeps a snapshot of what it serves (its endpoint config and models as request
 bodies): SageMaker lets users delete a model or config that an endpoint uses, and the endpoint
@@ -13,15 +21,22 @@ must still come back after a restart.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+
+from ..errors import ConfigError
+
+#: Bumped when the schema changes; a file written by a newer router is refused, not misread.
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -47,6 +62,12 @@ CREATE TABLE IF NOT EXISTS endpoints (
 );
 """
 
+ResourceTable = Literal["models", "endpoint_configs"]
+
+
+class DuplicateName(Exception):
+    """A row with this name (compared ignoring case) exists already."""
+
 
 @dataclass(frozen=True, slots=True)
 class StoredResource:
@@ -58,30 +79,50 @@ class StoredResource:
 @dataclass(frozen=True, slots=True)
 class StoredEndpoint:
     name: str
+    #: The CreateEndpoint request body.
     body: dict[str, Any]
+    #: The endpoint config that serves (or, while Creating, is being brought up).
     config_name: str
     status: str
     failure_reason: str | None
     created: float
     modified: float
-    #: ``{"config": <CreateEndpointConfig body>, "models": {name: <CreateModel body>}}``
+    #: The fleet that serves: ``{"config": <CreateEndpointConfig body>,
+    #: "models": {name: <CreateModel body>}, "at": <epoch seconds>}``.
     deployed: dict[str, Any] | None
-    #: the same for an update in progress
+    #: The same for a fleet being brought up (Creating, or Updating to a new config).
     pending: dict[str, Any] | None
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """The state file of one router; open it with :meth:`open`."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, lock_fd: int) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._db = db
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating it if needed) and lock the state file; :class:`ConfigError` when
+        another router holds it or it is not a state file this router can read."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = acquire_lock(path.with_name(path.name + ".lock"), f"state file {path}")
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                _prepare(db, path)
+            except BaseException:
+                db.close()
+                raise
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return cls(path, db, lock_fd)
 
     def close(self) -> None:
         self._db.close()
+        os.close(self._lock_fd)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -94,61 +135,57 @@ class Store:
         else:
             self._db.execute("COMMIT")
 
-    # models and endpoint configs share one shape
-    def put_resource(self, table: str, name: str, body: dict[str, Any]) -> StoredResource:
-        created = time.time()
-        with self.transaction() as db:
-            db.execute(
-                f"INSERT INTO {_table(table)} (name, body, created) VALUES (?, ?, ?)",
-                (name, orjson.dumps(body), created),
-            )
-        return StoredResource(name, body, created)
+    # --- models and endpoint configs (one shape) ----------------------------------------------
 
-    def get_resource(self, table: str, name: str) -> StoredResource | None:
-        row = self._db.execute(
-            f"SELECT name, body, created FROM {_table(table)} WHERE name = ?", (name,)
-        ).fetchone()
-        return None if row is None else StoredResource(row[0], orjson.loads(row[1]), row[2])
+    def insert_resource(
+        self, table: ResourceTable, name: str, body: dict[str, Any], created: float
+    ) -> None:
+        """Insert a row; :class:`DuplicateName` when the name exists (ignoring case)."""
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    f"INSERT INTO {_table(table)} (name, body, created) VALUES (?, ?, ?)",
+                    (name, orjson.dumps(body), created),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateName(name) from exc
 
-    def list_resources(self, table: str) -> list[StoredResource]:
-        rows = self._db.execute(f"SELECT name, body, created FROM {_table(table)}").fetchall()
+    def list_resources(self, table: ResourceTable) -> list[StoredResource]:
+        rows = self._db.execute(
+            f"SELECT name, body, created FROM {_table(table)} ORDER BY created, name"
+        ).fetchall()
         return [StoredResource(r[0], orjson.loads(r[1]), r[2]) for r in rows]
 
-    def delete_resource(self, table: str, name: str) -> bool:
+    def delete_resource(self, table: ResourceTable, name: str) -> bool:
         with self.transaction() as db:
             cursor = db.execute(f"DELETE FROM {_table(table)} WHERE name = ?", (name,))
         return cursor.rowcount > 0
 
-    # endpoints
-    def put_endpoint(self, endpoint: StoredEndpoint) -> None:
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO endpoints (name, body, config_name, status, failure_reason, "
-                "created, modified, deployed, pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _endpoint_row(endpoint),
-            )
+    # --- endpoints ----------------------------------------------------------------------------
 
-    def update_endpoint(self, name: str, **changes: Any) -> StoredEndpoint:
-        """Change columns of one endpoint; ``modified`` is set to now unless given."""
-        changes.setdefault("modified", time.time())
-        columns = []
-        values: list[Any] = []
-        for column, value in changes.items():
-            if column not in _ENDPOINT_COLUMNS:
-                raise KeyError(column)
-            columns.append(f"{column} = ?")
-            values.append(
-                orjson.dumps(value)
-                if column in ("body", "deployed", "pending") and value is not None
-                else value
-            )
+    def insert_endpoint(self, endpoint: StoredEndpoint) -> None:
+        """Insert a row; :class:`DuplicateName` when the name exists (ignoring case)."""
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    f"INSERT INTO endpoints ({', '.join(_ENDPOINT_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' for _ in _ENDPOINT_COLUMNS)})",
+                    _endpoint_row(endpoint),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateName(endpoint.name) from exc
+
+    def save_endpoint(self, endpoint: StoredEndpoint) -> None:
+        """Overwrite every column of an existing endpoint row in one transaction."""
+        columns = _ENDPOINT_COLUMNS[1:]
+        row = _endpoint_row(endpoint)
         with self.transaction() as db:
-            db.execute(f"UPDATE endpoints SET {', '.join(columns)} WHERE name = ?",
-                       (*values, name))
-        found = self.get_endpoint(name)
-        if found is None:
-            raise KeyError(name)
-        return found
+            cursor = db.execute(
+                f"UPDATE endpoints SET {', '.join(f'{c} = ?' for c in columns)} WHERE name = ?",
+                (*row[1:], row[0]),
+            )
+        if cursor.rowcount != 1:
+            raise KeyError(endpoint.name)
 
     def get_endpoint(self, name: str) -> StoredEndpoint | None:
         row = self._db.execute(
@@ -157,7 +194,9 @@ class Store:
         return None if row is None else _endpoint_from_row(row)
 
     def list_endpoints(self) -> list[StoredEndpoint]:
-        rows = self._db.execute(f"SELECT {', '.join(_ENDPOINT_COLUMNS)} FROM endpoints").fetchall()
+        rows = self._db.execute(
+            f"SELECT {', '.join(_ENDPOINT_COLUMNS)} FROM endpoints ORDER BY created, name"
+        ).fetchall()
         return [_endpoint_from_row(r) for r in rows]
 
     def delete_endpoint(self, name: str) -> bool:
@@ -166,16 +205,67 @@ class Store:
         return cursor.rowcount > 0
 
 
-_TABLES = {"models": "models", "endpoint_configs": "endpoint_configs"}
+def acquire_lock(lock_path: Path, what: str) -> int:
+    """Take an exclusive, non-blocking ``flock`` on ``lock_path`` (created if needed) and write
+    this process's pid into it; :class:`ConfigError` naming the holder when it is taken."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"{what} is in use by another mce-router (pid {holder}); stop it, or give this "
+            "router its own --state-dir"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"state file {path} was written by a newer mce-router (schema {version}, this "
+                f"one knows {SCHEMA_VERSION}); upgrade this router or use another --state-dir"
+            )
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(
+            f"state file {path} cannot be used ({exc}); move it away to start with no models, "
+            "endpoint configs or endpoints"
+        ) from exc
+
+
+_TABLES: dict[str, str] = {"models": "models", "endpoint_configs": "endpoint_configs"}
 _ENDPOINT_COLUMNS = (
     "name", "body", "config_name", "status", "failure_reason", "created", "modified",
     "deployed", "pending",
 )  # fmt: skip
 
 
-def _table(table: str) -> str:
+def _table(table: ResourceTable) -> str:
     # Table names cannot be bound parameters; only these two are ever interpolated.
     return _TABLES[table]
+
+
+def _dump_optional(value: dict[str, Any] | None) -> bytes | None:
+    return None if value is None else orjson.dumps(value)
+
+
+def _load_optional(value: bytes | None) -> dict[str, Any] | None:
+    return None if value is None else dict(orjson.loads(value))
 
 
 def _endpoint_row(e: StoredEndpoint) -> tuple[Any, ...]:
@@ -187,8 +277,8 @@ def _endpoint_row(e: StoredEndpoint) -> tuple[Any, ...]:
         e.failure_reason,
         e.created,
         e.modified,
-        None if e.deployed is None else orjson.dumps(e.deployed),
-        None if e.pending is None else orjson.dumps(e.pending),
+        _dump_optional(e.deployed),
+        _dump_optional(e.pending),
     )
 
 
@@ -201,6 +291,6 @@ def _endpoint_from_row(row: tuple[Any, ...]) -> StoredEndpoint:
         failure_reason=row[4],
         created=row[5],
         modified=row[6],
-        deployed=None if row[7] is None else orjson.loads(row[7]),
-        pending=None if row[8] is None else orjson.loads(row[8]),
+        deployed=_load_optional(row[7]),
+        pending=_load_optional(row[8]),
     )

@@ -21,6 +21,7 @@ CONTENT_TYPE: Final = b"content-type"
 ACCEPT: Final = b"accept"
 TARGET_CONTAINER: Final = b"x-amzn-sagemaker-target-container-hostname"
 TARGET_VARIANT: Final = b"x-amzn-sagemaker-target-variant"
+TRANSFER_ENCODING: Final = b"transfer-encoding"
 
 # Headers that must appear at most once: a second copy makes the request ambiguous.
 SINGLETONS: Final = frozenset(
@@ -31,6 +32,7 @@ SINGLETONS: Final = frozenset(
         ACCEPT,
         TARGET_CONTAINER,
         TARGET_VARIANT,
+        TRANSFER_ENCODING,
         *FORWARDED,
     }
 )
@@ -49,7 +51,8 @@ class RequestHeaders:
 
     ``add`` (or ``add_lower`` with the name already lower-cased) is called per header and
     ``finish`` once at the end of the head; both return a problem description (answered with
-    400) or None.
+    400) or None. When ``finish`` leaves ``version_sensitive`` set, the caller also asks
+    :meth:`check_version` (rare: a chunked request or one without Host).
     """
 
     __slots__ = (
@@ -58,12 +61,14 @@ class RequestHeaders:
         "_seen",
         "accept",
         "accept_block",
+        "chunked",
         "content_length",
         "content_type",
         "expect_continue",
         "forward_block",
         "target_container",
         "target_variant",
+        "version_sensitive",
     )
 
     def __init__(self) -> None:
@@ -76,6 +81,8 @@ class RequestHeaders:
         self.target_container: str | None = None
         self.target_variant: str | None = None
         self.expect_continue = False
+        self.chunked = False
+        self.version_sensitive = False
         self.forward_block = b""
         self.accept_block = b""
 
@@ -115,6 +122,15 @@ class RequestHeaders:
             if value.strip().lower() != b"100-continue":
                 return f"Unsupported Expect header value {value.decode('latin-1')!r}."
             self.expect_continue = True
+        elif lname == TRANSFER_ENCODING:
+            # llhttp frames "gzip, chunked" as chunked and hands over the still-gzipped bytes;
+            # a proxy must not forward a coding it did not undo (RFC 9112 §6.1).
+            if value.strip(b" \t").lower() != b"chunked":
+                return (
+                    f"Unsupported Transfer-Encoding {value.decode('latin-1')!r}: only chunked "
+                    "is accepted."
+                )
+            self.chunked = True
         return None
 
     def finish(self) -> str | None:
@@ -128,6 +144,11 @@ class RequestHeaders:
                 self.accept = None
             if CONTENT_TYPE in hop:
                 self.content_type = None
+            if b"upgrade" in hop and (self.chunked or self.content_length):
+                # llhttp ends an upgrade request at its head and calls the body "the other
+                # protocol": it cannot be forwarded whole, so refuse it (a bodiless one is
+                # served as plain HTTP, the Upgrade ignored, then the connection closes).
+                return "A request with a body cannot ask for a protocol upgrade."
         if forwarded:
             parts = []
             for name, value in forwarded:
@@ -144,6 +165,18 @@ class RequestHeaders:
             self.forward_block = b"".join(parts)
         if self.accept is not None:
             self.accept_block = b"Accept: " + self.accept + b"\r\n"
+        self.version_sensitive = self.chunked or b"host" not in self._seen
+        return None
+
+    def check_version(self, http_version: str) -> str | None:
+        """The rules that depend on the request's HTTP version (``"1.1"``, ``"1.0"``, ...)."""
+        if http_version != "1.1":
+            if self.chunked:
+                # RFC 9112 §6.1: treat as faulty framing; a smuggling vector behind HTTP/1.0 hops.
+                return f"An HTTP/{http_version} request must not use Transfer-Encoding."
+            return None
+        if b"host" not in self._seen:
+            return "An HTTP/1.1 request must carry a Host header (RFC 9112 §3.2)."
         return None
 
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.utils
 import itertools
 import os
 import random
+import socket
+import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -229,18 +232,24 @@ class UpstreamFailure(Exception):
         self.before_response = before_response
 
 
+#: Bytes a container may send without a single body byte (its response head, chunk framing, a
+#: trailer section) before the call fails: httptools buffers a header line without any bound.
+MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_size",
         "_content_type",
         "_custom_attributes",
+        "_done",
         "_framed",
         "_got_bytes",
-        "_header_name",
         "_headers_done",
         "_parser",
         "_reason",
+        "_stall_bytes",
         "_waiter",
         "closed",
         "idle_since",
@@ -254,9 +263,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: Invocation | None = None
+        #: A complete response parsed in the current read, handed over once the read is parsed
+        #: whole, so that bytes after it (a second response) are seen before anyone reuses us.
+        self._done: UpstreamResponse | None = None
         self.closed = False
         self.reusable = True
         self.idle_since = 0.0
+        self._got_bytes = False
         self._reset_response()
 
     def _reset_response(self) -> None:
@@ -267,7 +280,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = b""
         self._framed = False  # Content-Length or chunked: the body end is known without EOF
         self._headers_done = False
-        self._got_bytes = False
+        self._stall_bytes = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -280,14 +293,33 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes while idle: the container broke the protocol; never reuse this connection.
             self.abort()
             return
+        body_size = self._body_size
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # llhttp stops at a 101 with Upgrade; the router never asks for one.
+            self._fail("the container switched protocols (101) although nobody asked it to")
+            return
         except httptools.HttpParserError as exc:
             raised = _raised_in_callback(exc)
             if isinstance(raised, _ResponseTooLarge):
                 self._fail(str(raised))
             else:
                 self._fail(f"invalid HTTP response ({exc})")
+            return
+        if self._done is not None:
+            self._deliver()
+        elif self._body_size == body_size:
+            # Not one body byte in this read: head, chunk framing or trailers, all of which
+            # httptools would buffer without limit. Bound them (a read with body resets this).
+            self._stall_bytes += len(data)
+            if self._stall_bytes > MAX_RESPONSE_HEAD_BYTES:
+                self._fail(
+                    f"the response head (or trailer section) is larger than the "
+                    f"{MAX_RESPONSE_HEAD_BYTES}-byte limit"
+                )
+        else:
+            self._stall_bytes = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -297,6 +329,8 @@ class UpstreamConnection(asyncio.Protocol):
             if self._headers_done and not self._framed:
                 # A response delimited by connection close (HTTP/1.0 style) ends here.
                 self.on_message_complete()
+            if self._done is not None:
+                self._deliver()
             else:
                 self._waiter = None
                 state = "in the middle of its response" if self._got_bytes else "before answering"
@@ -310,10 +344,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.connection_closed(self)
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._done is not None:
+            # A second response in the same read as the first: the container answered more
+            # than it was asked. The first answer stands; this connection is never reused.
+            self.reusable = False
+
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # a trailer field: never taken for a header (RFC 9110 §6.5.1)
         lname = name.lower()
         if lname == b"content-type":
             self._content_type = value
@@ -337,12 +379,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        waiter = self._waiter
-        self._waiter = None
+        if self._done is not None:
+            return  # a surplus response (see on_message_begin): dropped with the connection
         status = self._parser.get_status_code()
+        if status < 200:
+            # An interim 1xx (100 Continue, 103 Early Hints): skipped, the final answer follows
+            # (RFC 9110 §15.2). A 101 with Upgrade ends in HttpParserUpgrade instead.
+            self._reset_response()
+            return
         if not self._parser.should_keep_alive() or not self._framed:
             self.reusable = False
-        response = UpstreamResponse(
+        self._done = UpstreamResponse(
             status,
             self._reason,
             self._content_type,
@@ -351,7 +398,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._body_size,
         )
         self._reset_response()
-        if waiter is not None:
+
+    def _deliver(self) -> None:
+        response = self._done
+        waiter = self._waiter
+        self._done = None
+        self._waiter = None
+        self._got_bytes = False
+        if waiter is not None and response is not None:
             waiter.upstream_response(self, response)
 
     # used by Invocation / ConnectionPool
@@ -376,9 +430,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _fail(self, detail: str) -> None:
         waiter = self._waiter
+        done = self._done
         self._waiter = None
+        self._done = None
         self.abort()
-        if waiter is not None:
+        if waiter is None:
+            return
+        if done is not None:
+            # A complete answer followed by bytes that are not HTTP: the answer stands, the
+            # connection (aborted above, so not reusable) goes.
+            waiter.upstream_response(self, done)
+        else:
             waiter.upstream_failed(self, UpstreamFailure(detail, before_response=False))
 
 
@@ -995,6 +1057,8 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_size",
+        "_chunk_mark",
+        "_field_bytes",
         "_head_bytes",
         "_header_count",
         "_headers",
@@ -1002,7 +1066,10 @@ class ClientConnection(asyncio.Protocol):
         "_paused",
         "_pending",
         "_problem",
+        "_serving_pending",
+        "_stopped",
         "_url",
+        "_write_blocked",
         "closing",
         "current",
         "deadline",
@@ -1020,10 +1087,18 @@ class ClientConnection(asyncio.Protocol):
         self._pending: collections.deque[_ParsedRequest] = collections.deque()
         self.current: Invocation | None = None
         self._paused = False
+        #: Nothing more is parsed from this client (a framing error or an Upgrade).
+        self._stopped = False
+        #: The transport's write buffer is over its high-water mark: the client reads slower
+        #: than it is answered, so no further (pipelined) request is served until it drains.
+        self._write_blocked = False
+        self._serving_pending = False
         self.closing = False
         self.deadline = _NO_DEADLINE
         self._in_head = False
         self._head_bytes = 0
+        self._field_bytes = 0
+        self._chunk_mark = -1
         self._problem: RouterError | None = None
         self._url = b""
         self._headers = hdr.RequestHeaders()
@@ -1036,7 +1111,9 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
-        self.deadline = self.loop.time() + self.server.keepalive_timeout
+        # A new connection owes its first request head within the header deadline (as nginx's
+        # client_header_timeout); the longer keep-alive wait applies between requests only.
+        self.deadline = self.loop.time() + self.server.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -1048,11 +1125,14 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
-            return
+            return  # answered and closing: what the client still sends is discarded
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reject(MalformedRequest("Protocol upgrades are not supported."))
+            # A request with Upgrade (or CONNECT) was parsed and dispatched as plain HTTP: the
+            # Upgrade is ignored (RFC 9110 §7.8) and never forwarded. llhttp would hand the
+            # rest to "the other protocol"; this router speaks none, so it answers and closes.
+            self._close_after_owed_responses()
             return
         except httptools.HttpParserError as exc:
             raised = _raised_in_callback(exc)
@@ -1062,15 +1142,52 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(MalformedRequest(f"Malformed HTTP request: {exc}."))
             return
         if self._in_head:
-            # llhttp puts no bound on a request head; this does, without a per-header check.
-            self._head_bytes += len(data)
-            if self._head_bytes > self.server.max_header_bytes:
-                self._reject(_headers_too_large(self.server))
+            # llhttp puts no bound on a request head, and httptools buffers a header line
+            # until it ends: bound the reads that are all head. The read in which the head
+            # began may also hold the end of an earlier request, so it is not counted here
+            # (it is at most one read); on_headers_complete checks the fields exactly.
+            if self._head_bytes < 0:
+                self._head_bytes = 0
+            else:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.server.max_header_bytes:
+                    self._reject(_headers_too_large(self.server))
+        elif self._headers.chunked:
+            # The same for a chunked body's framing and trailer section: reads that carry no
+            # body byte count, a read with body bytes starts over.
+            if self._body_size != self._chunk_mark:
+                self._chunk_mark = self._body_size
+                self._head_bytes = 0
+            else:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.server.max_header_bytes:
+                    self._reject(
+                        HeadersTooLarge(
+                            "The chunk framing or trailer section exceeds the limit of "
+                            f"{self.server.max_header_bytes} bytes."
+                        )
+                    )
+
+    # flow control: called by the transport around its write-buffer high-water mark
+    def pause_writing(self) -> None:
+        self._write_blocked = True
+        # The client must read what it was sent by the keep-alive deadline.
+        self.deadline = self.loop.time() + self.server.keepalive_timeout
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        if self.closing:
+            return
+        if self._pending and self.current is None:
+            self._serve_pending()
+        elif not self._in_head and self.current is None:
+            self.deadline = self.loop.time() + self.server.keepalive_timeout
 
     # httptools callbacks: only cheap bookkeeping here, the work happens once per request
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = -1  # data_received: the head began in this read
+        self._field_bytes = 0
         self._url = b""
         self._headers = hdr.RequestHeaders()
         self._header_count = 0
@@ -1085,7 +1202,12 @@ class ClientConnection(asyncio.Protocol):
             raise _RequestRejected(HeadersTooLarge("The request URL is too long."))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A trailer field after a chunked body: discarded, never taken for a header (RFC
+            # 9110 §6.5.1), so no trailer can pick the target or the Content-Type.
+            return
         self._header_count += 1
+        self._field_bytes += len(name) + len(value)
         lname = name.lower()
         if lname in _RELEVANT and self._problem is None:
             problem = self._headers.add_lower(lname, name, value)
@@ -1095,14 +1217,22 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         server = self.server
-        if self._header_count > server.max_header_count:
+        if (
+            self._header_count > server.max_header_count
+            or self._field_bytes > server.max_header_bytes
+        ):
             raise _RequestRejected(_headers_too_large(server))
         if self._problem is not None:
             raise _RequestRejected(self._problem)
         headers = self._headers
         problem = headers.finish()
+        if problem is None and headers.version_sensitive:
+            problem = headers.check_version(self.parser.get_http_version())
         if problem is not None:
             raise _RequestRejected(MalformedRequest(problem))
+        if headers.chunked:
+            self._chunk_mark = -1
+            self._head_bytes = 0
         length = headers.content_length
         if length is not None and length > server.max_body:
             too_large = PayloadTooLarge(_too_large_message(length, server.max_body))
@@ -1122,8 +1252,9 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         received_at = _clock()
         self.deadline = _NO_DEADLINE
+        self._header_count = 0  # no request in progress: an idle timeout closes silently
         parser = self.parser
-        if self.current is None and not self._pending:
+        if self.current is None and not self._pending and not self._write_blocked:
             self._dispatch(
                 parser.get_method(),
                 self._url,
@@ -1188,6 +1319,9 @@ class ClientConnection(asyncio.Protocol):
         invocation.start()
 
     def _handle(self, request: _ParsedRequest) -> None:
+        if request.error is not None:  # a rejection queued behind pipelined requests
+            self._write_error(request.error, False, None)
+            return
         self._dispatch(
             request.method,
             request.url,
@@ -1302,38 +1436,92 @@ class ClientConnection(asyncio.Protocol):
 
     def _after_response(self, keep_alive: bool) -> None:
         if not keep_alive or not self.server.accepting:
-            self.closing = True
-            assert self.transport is not None
-            self.transport.close()
+            self._finish()
             return
         if self._pending:
-            request = self._pending.popleft()
-            if self._paused and len(self._pending) < _PENDING_LIMIT // 2:
-                self._resume()
-            self._handle(request)
+            if not self._serving_pending and not self._write_blocked:
+                self._serve_pending()
         elif not self._in_head:
             self.deadline = self.loop.time() + self.server.keepalive_timeout
 
+    def _serve_pending(self) -> None:
+        """Serve queued pipelined requests in order, in a loop: answers written at once (/ping,
+        errors) come back through _after_response, which must not recurse once per request."""
+        self._serving_pending = True
+        try:
+            while (
+                self._pending
+                and self.current is None
+                and not self._write_blocked
+                and not self.closing
+            ):
+                request = self._pending.popleft()
+                if self._paused and len(self._pending) < _PENDING_LIMIT // 2:
+                    self._resume()
+                self._handle(request)
+        finally:
+            self._serving_pending = False
+        if not self._pending and self.current is None and not self.closing and not self._in_head:
+            self.deadline = self.loop.time() + self.server.keepalive_timeout
+
+    def _finish(self) -> None:
+        """The last response is written: half-close after it and let the client read it whole.
+        Closing outright while its unread bytes are queued here makes the kernel send a reset,
+        which can destroy the response in flight (the 413/431 a client never sees). Whatever
+        it still sends is discarded; by the keep-alive deadline the socket is aborted."""
+        self.closing = True
+        self.deadline = self.loop.time() + self.server.keepalive_timeout
+        transport = self.transport
+        assert transport is not None
+        if transport.can_write_eof():
+            transport.write_eof()
+            transport.resume_reading()  # keep draining (and discarding) its input
+        else:
+            transport.close()
+
     def _reject(self, error: RouterError) -> None:
         """Answer a request that cannot be parsed or allowed, then close: after a framing error
-        the next request's boundary is unknown, so nothing more is read from this socket."""
+        the next request's boundary is unknown, so nothing more is parsed from this socket."""
+        self._stop_reading()
         if self.current is not None or self._pending:
-            # A response is still owed for an earlier request; answering out of order would
-            # corrupt the stream, so just close.
-            self.abort()
+            # Responses are still owed for earlier pipelined requests: they go out first, in
+            # order, then this error, then the connection closes.
+            if not self._pending or self._pending[-1].error is None:
+                self._pending.append(_ParsedRequest.rejection(error))
             return
         self._write_error(error, False, None)
-        self.closing = True
+
+    def _close_after_owed_responses(self) -> None:
+        """Parse nothing more; close once every request parsed so far has its answer."""
+        self._stop_reading()
+        if self._pending:
+            self._pending[-1].keep_alive = False
+        elif self.current is not None:
+            self.current.keep_alive = False
+        elif not self.closing:
+            self._finish()
+
+    def _stop_reading(self) -> None:
+        self._stopped = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def deadline_passed(self) -> None:
         """Called by the server's sweep when ``deadline`` is over."""
         self.deadline = _NO_DEADLINE
-        if self.current is not None or self._pending or self.closing:
+        if self.closing or self._write_blocked:
+            # A response the client has not read (nor closed the connection) by the deadline.
+            self.abort()
             return
-        if self._in_head or self._header_count or self._url or self._body_size:
+        if self.current is not None or self._pending:
+            return
+        if self._in_head or self._header_count:  # a request head or body is incomplete
             self._reject(RequestTimeout("The request was not received completely in time."))
         else:
-            self.abort()  # idle keep-alive connection: close silently
+            # Idle keep-alive connection: close silently (a FIN, nothing is queued). An
+            # unsolicited 408 would be read as the answer by a client sending its next
+            # request at this very moment.
+            self.close_if_idle()
 
     def _pause(self) -> None:
         if self.transport is not None:
@@ -1343,7 +1531,8 @@ class ClientConnection(asyncio.Protocol):
     def _resume(self) -> None:
         if self.transport is not None:
             self._paused = False
-            self.transport.resume_reading()
+            if not self._stopped:
+                self.transport.resume_reading()
 
     def close_if_idle(self) -> None:
         if self.current is None and not self._pending and self.transport is not None:
@@ -1353,11 +1542,29 @@ class ClientConnection(asyncio.Protocol):
     def abort(self) -> None:
         self.closing = True
         if self.transport is not None:
+            # Reset, as nginx's reset_timedout_connection: a plain close leaves the kernel
+            # sending what is still queued (megabytes, to a client that reads slowly).
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             self.transport.abort()
 
 
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+
+
 class _ParsedRequest:
-    __slots__ = ("body", "body_size", "headers", "keep_alive", "method", "received_at", "url")
+    __slots__ = (
+        "body",
+        "body_size",
+        "error",
+        "headers",
+        "keep_alive",
+        "method",
+        "received_at",
+        "url",
+    )
 
     def __init__(
         self,
@@ -1376,6 +1583,14 @@ class _ParsedRequest:
         self.body_size = body_size
         self.keep_alive = keep_alive
         self.received_at = received_at
+        #: Set on a rejection queued behind pipelined requests (answered, then close).
+        self.error: RouterError | None = None
+
+    @classmethod
+    def rejection(cls, error: RouterError) -> _ParsedRequest:
+        request = cls(b"", b"", hdr.RequestHeaders(), [], 0, False, 0.0)
+        request.error = error
+        return request
 
     def _replace_url(self, url: bytes) -> _ParsedRequest:
         return _ParsedRequest(

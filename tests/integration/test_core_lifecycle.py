@@ -371,9 +371,12 @@ async def test_orphans_of_a_killed_router_are_reaped_by_the_next(
         await wait_no_live_processes(leaders)
         assert live_processes({grandchild}) == {grandchild}, "nothing left to reap"
 
-        # The next router with the same state_dir finds the recorded group and kills it.
-        assert config_factory().state_dir == tmp_path / "state"
-        async with running_router(config_factory()):
+        # The next router with the same state_dir finds the recorded group and kills it. (Its
+        # own state file is elsewhere: the endpoint coming back from state.db, with a new
+        # SIGTERM-ignoring grandchild to wait out at stop, is test_control_restart's subject.)
+        next_router = config_factory(state_file=tmp_path / "other-state.db")
+        assert next_router.state_dir == tmp_path / "state"
+        async with running_router(next_router):
             await wait_no_live_processes({grandchild})
     finally:
         if cli.returncode is None:

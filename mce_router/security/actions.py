@@ -1,0 +1,106 @@
+"""Which IAM action and which resource ARNs each request is authorized as.
+
+- Both invocation paths (``/invocations`` and ``/invocations-response-stream``) are
+  ``sagemaker:InvokeEndpoint`` on the endpoint's ARN, with ``sagemaker:TargetContainerHostname``
+  in the context when the target header was sent.
+- A control-plane operation ``X`` is ``sagemaker:X`` on the ARNs of the resources it names;
+  List operations (and operations this table does not know) are authorized on ``*``, as IAM
+  does for actions without resource types. CreateEndpoint and UpdateEndpoint need both the
+  endpoint and the endpoint config (IAM lists both resource types for them), so they produce
+  two requests and every one must be allowed.
+
+SageMaker ARNs carry the resource name lower-cased (an endpoint created as ``My-Endpoint`` has
+the ARN ``...:endpoint/my-endpoint``), and policy matching is case-sensitive as in IAM: write
+resource names in policies in lower case. The builders here lower-case names the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from .policy import TARGET_CONTAINER_KEY, AuthzRequest
+
+INVOKE_ENDPOINT_ACTION: Final = "sagemaker:InvokeEndpoint"
+
+
+def sagemaker_arn(region: str, account_id: str, resource_type: str, name: str) -> str:
+    return f"arn:aws:sagemaker:{region}:{account_id}:{resource_type}/{name.lower()}"
+
+
+def endpoint_arn(region: str, account_id: str, name: str) -> str:
+    """``arn:aws:sagemaker:{region}:{account}:endpoint/{name lower-cased}``."""
+    return sagemaker_arn(region, account_id, "endpoint", name)
+
+
+def endpoint_config_arn(region: str, account_id: str, name: str) -> str:
+    return sagemaker_arn(region, account_id, "endpoint-config", name)
+
+
+def model_arn(region: str, account_id: str, name: str) -> str:
+    return sagemaker_arn(region, account_id, "model", name)
+
+
+def invoke_request(
+    region: str, account_id: str, endpoint_name: str, target_container: str | None
+) -> AuthzRequest:
+    """The request an invocation is authorized as. ``target_container`` is the header value as
+    sent (None when the header is absent: the condition key is then absent, not empty)."""
+    context = {} if target_container is None else {TARGET_CONTAINER_KEY.lower(): target_container}
+    return AuthzRequest(
+        INVOKE_ENDPOINT_ACTION, endpoint_arn(region, account_id, endpoint_name), context
+    )
+
+
+# operation -> (resource type, request member holding the name), one entry per resource checked.
+_ResourceSpec = tuple[tuple[str, str], ...]
+_MODEL: Final = (("model", "ModelName"),)
+_CONFIG: Final = (("endpoint-config", "EndpointConfigName"),)
+_ENDPOINT: Final = (("endpoint", "EndpointName"),)
+_ENDPOINT_AND_CONFIG: Final = (
+    ("endpoint", "EndpointName"),
+    ("endpoint-config", "EndpointConfigName"),
+)
+
+CONTROL_PLANE_RESOURCES: Final[Mapping[str, _ResourceSpec]] = {
+    "CreateModel": _MODEL,
+    "DescribeModel": _MODEL,
+    "DeleteModel": _MODEL,
+    "CreateEndpointConfig": _CONFIG,
+    "DescribeEndpointConfig": _CONFIG,
+    "DeleteEndpointConfig": _CONFIG,
+    "CreateEndpoint": _ENDPOINT_AND_CONFIG,
+    "UpdateEndpoint": _ENDPOINT_AND_CONFIG,
+    "DescribeEndpoint": _ENDPOINT,
+    "DeleteEndpoint": _ENDPOINT,
+    "UpdateEndpointWeightsAndCapacities": _ENDPOINT,
+    "ListModels": (),
+    "ListEndpointConfigs": (),
+    "ListEndpoints": (),
+}
+
+
+def control_plane_requests(
+    operation: str, params: Mapping[str, Any], region: str, account_id: str
+) -> tuple[AuthzRequest, ...]:
+    """The requests a control-plane call is authorized as; all must be allowed.
+
+    ``params`` is the decoded JSON body. A missing or non-string name member yields an ARN with
+    an empty name, which only a wildcard resource allows: authorization comes before validation,
+    as in AWS, so an unauthorized caller learns nothing from validation errors."""
+    action = f"sagemaker:{operation}"
+    specs = CONTROL_PLANE_RESOURCES.get(operation, ())
+    if not specs:
+        return (AuthzRequest(action, "*"),)
+    requests = []
+    for resource_type, member in specs:
+        name = params.get(member)
+        requests.append(
+            AuthzRequest(
+                action,
+                sagemaker_arn(
+                    region, account_id, resource_type, name if isinstance(name, str) else ""
+                ),
+            )
+        )
+    return tuple(requests)
