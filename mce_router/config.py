@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import ConfigError
+from .security.config import AuthConfig
 
 MIB = 1024 * 1024
 #: SageMaker's real-time invocation payload limit (6 MiB), for requests and for responses.
@@ -137,6 +138,8 @@ class RouterConfig:
     models: tuple[Mapping[str, Any], ...] = ()
     endpoint_configs: tuple[Mapping[str, Any], ...] = ()
     endpoints: tuple[Mapping[str, Any], ...] = ()
+    #: SigV4 authentication and IAM authorization; ``mode: none`` (the default) checks nothing.
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -162,6 +165,7 @@ class RouterConfig:
             "health",
             "process",
             "metrics",
+            "auth",
             "state_dir",
             "state_file",
             "region",
@@ -194,6 +198,12 @@ class RouterConfig:
             if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
                 raise ConfigError(f"config.{key}: must be a list of request bodies (mappings)")
             kwargs[key] = tuple(items)
+        kwargs["auth"] = AuthConfig.from_mapping(
+            raw.get("auth"),
+            base,
+            default_region=kwargs.get("region", "us-east-1"),
+            default_account_id=kwargs.get("account_id", "000000000000"),
+        )
         return cls(**kwargs)
 
     @classmethod

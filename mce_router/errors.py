@@ -100,6 +100,46 @@ class EndpointStartupError(RouterError):
         self.failed_containers = failed_containers
 
 
+#: The codes AWS answers authentication and authorization failures with (boto3 raises them as
+#: ``error.response["Error"]["Code"]``); which one depends on what exactly is wrong.
+AuthErrorCode = Literal[
+    "MissingAuthenticationTokenException",
+    "IncompleteSignatureException",
+    "InvalidSignatureException",
+    "UnrecognizedClientException",
+    "AccessDeniedException",
+]
+
+
+class AuthError(RouterError):
+    """A request that may not proceed. Unlike other errors its wire code is chosen where the
+    failure is detected (``code``); the status is 403 on both planes. The message says what is
+    wrong and never contains a secret."""
+
+    def __init__(self, code: AuthErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: AuthErrorCode = code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code!r}, {self.message!r})"
+
+
+class AuthenticationError(AuthError):
+    """The SigV4 signature is missing, malformed, expired, from an unknown key, or wrong."""
+
+
+class AccessDenied(AuthError):
+    """An authenticated principal whose policies do not allow the request."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("AccessDeniedException", message)
+
+
+class PolicyError(ConfigError):
+    """An IAM policy document is malformed or uses something the evaluator does not support.
+    The message names the policy, the statement index and the field."""
+
+
 class InvocationError(RouterError):
     """Base of errors that end one invocation on the data plane."""
 
@@ -192,6 +232,9 @@ def wire_error(exc: BaseException, plane: Plane = "runtime") -> WireError:
     else:
         status, runtime_code, control_code = 500, "InternalFailure", "InternalFailure"
     message = exc.message if isinstance(exc, RouterError) else "An internal error occurred."
+    if isinstance(exc, AuthError):
+        # AWS uses these codes unchanged on its rest-json and json-1.1 services.
+        return WireError(403, exc.code, message)
     extra: dict[str, Any] = {}
     if isinstance(exc, ModelError):
         extra = {

@@ -68,6 +68,7 @@ from .errors import (
 )
 from .metrics import RouterMetrics, UsageSource, put_metric_data_requests
 from .runtime import ContainerRuntime, ImageRuntime
+from .security import Guard
 from .spec import EndpointConfigSpec, EndpointSpec, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,8 @@ class Router:
         self._stopping = False
         #: None when ``config.metrics.enabled`` is false: the hot path then records nothing.
         self.metrics: RouterMetrics | None = RouterMetrics() if config.metrics.enabled else None
+        #: SigV4 + IAM checks for both planes; None when ``auth.mode`` is none.
+        self.guard: Guard | None = Guard.from_config(config.auth)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -178,6 +181,7 @@ class Router:
         self._started = True
         loop = asyncio.get_running_loop()
         config = self.config
+        _check_listener_security(config)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             # Before the runtime reaps "orphans" in state_dir/run: a second router on the same
@@ -188,7 +192,9 @@ class Router:
             self._store = Store.open(config.state_path)
             if self._runtime is None:
                 self._runtime = ImageRuntime(config.images, config.process, config.state_dir)
-            self._server = RuntimeServer(config.limits, loop, account_id=config.account_id)
+            self._server = RuntimeServer(
+                config.limits, loop, account_id=config.account_id, guard=self.guard
+            )
             self._listener = await loop.create_server(
                 self._server.protocol_factory,
                 config.listener.host,
@@ -1015,3 +1021,20 @@ def _stored_containers(body: Mapping[str, Any]) -> int:
 
 
 __all__ = ["EndpointState", "ResourceNotFound", "Router", "RouterError"]
+
+
+def _check_listener_security(config: RouterConfig) -> None:
+    """Refuse to expose an unauthenticated router by accident: beyond loopback, ``auth.mode:
+    none`` must be written down, and is then logged as a warning."""
+    auth = config.auth
+    host = config.listener.host
+    warning = auth.insecure_listener_warning(host)
+    if warning is None:
+        return
+    if not auth.explicit:
+        raise ConfigError(
+            f"config.auth: the router would listen on {host or '*'} without authentication. "
+            "Configure auth.mode: sigv4 with credentials, or write auth: {mode: none} to accept "
+            "that anyone who can reach it may invoke and manage endpoints."
+        )
+    log.warning("%s", warning)

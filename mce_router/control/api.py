@@ -4,8 +4,9 @@
 as a JSON object, the answer its output (``application/x-amz-json-1.1``). This module only
 translates: every operation is one call of a :class:`~mce_router.router.Router` resource method,
 and every error goes through :func:`mce_router.errors.wire_error` (``{"__type", "message"}``,
-which boto3 turns into the exception SageMaker would raise). Requests are not authenticated
-(any SigV4 signature is accepted), as on the runtime port.
+which boto3 turns into the exception SageMaker would raise). With ``auth.mode: sigv4`` every
+call is authenticated (SigV4) and authorized (``sagemaker:<Operation>`` on the resources it
+names) before anything else happens.
 """
 
 from __future__ import annotations
@@ -60,8 +61,25 @@ class ControlApi:
         request_id = str(uuid.uuid4())
         target = request.headers.get("X-Amz-Target", "")
         try:
+            raw = await _read_body(request)
+            guard = self._router.guard
+            # Authenticate first, then authorize on the names the call carries, before the
+            # operation or any resource is looked up: a denied caller learns nothing about them.
+            credential = (
+                None
+                if guard is None
+                else guard.authenticate(
+                    request.method,
+                    request.raw_path.partition("?")[0].encode(),
+                    request.raw_path.partition("?")[2].encode(),
+                    request.raw_headers,
+                    raw,
+                )
+            )
+            params = _parse_params(raw)
+            if guard is not None and credential is not None:
+                guard.authorize_operation(credential, _operation_name(target), params)
             operation = self._operation(target)
-            params = await _read_params(request)
             output = await operation(params)
         except Exception as exc:
             if not isinstance(exc, RouterError):
@@ -73,8 +91,8 @@ class ControlApi:
         return _response(200, output, request_id)
 
     def _operation(self, target: str) -> Operation:
-        name = target.removeprefix(TARGET_PREFIX) if target.startswith(TARGET_PREFIX) else None
-        operation = self._operations.get(name or "")
+        name = _operation_name(target)
+        operation = self._operations.get(name)
         if operation is None:
             shown = repr(target) if target else "no X-Amz-Target header"
             raise UnknownTarget(
@@ -136,14 +154,21 @@ class ControlApi:
         return {}
 
 
-async def _read_params(request: web.Request) -> Params:
+def _operation_name(target: str) -> str:
+    return target.removeprefix(TARGET_PREFIX) if target.startswith(TARGET_PREFIX) else ""
+
+
+async def _read_body(request: web.Request) -> bytes:
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise SerializationError(
             f"The request body exceeds {MAX_BODY_BYTES} bytes, the limit for control-plane "
             "requests."
         ) from None
+
+
+def _parse_params(raw: bytes) -> Params:
     if not raw.strip():
         return {}
     try:

@@ -31,6 +31,7 @@ import httptools
 
 from ..config import Limits
 from ..errors import (
+    AuthError,
     EndpointNotFound,
     HeadersTooLarge,
     InvocationError,
@@ -45,6 +46,7 @@ from ..errors import (
     ValidationError,
     wire_error,
 )
+from ..security import Guard, PendingSignature
 from . import headers as hdr
 
 # Latencies use perf_counter: uvloop's loop.time() only advances in whole milliseconds.
@@ -973,10 +975,17 @@ class RuntimeServer:
     SWEEP_SECONDS: Final = 0.1
 
     def __init__(
-        self, limits: Limits, loop: asyncio.AbstractEventLoop, *, account_id: str = "000000000000"
+        self,
+        limits: Limits,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        account_id: str = "000000000000",
+        guard: Guard | None = None,
     ) -> None:
         self.loop = loop
         self.account_id = account_id
+        #: SigV4 + IAM checks; None (auth.mode none) keeps them off the hot path entirely.
+        self.guard = guard
         self.table = RoutingTable()
         self.limits = limits
         self.invocation_timeout = limits.invocation_timeout_seconds
@@ -996,7 +1005,9 @@ class RuntimeServer:
         self._request_ids = itertools.count(1)
         prefix = os.urandom(6).hex()
         self._request_id_head = f"x-amzn-RequestId: {prefix[:8]}-{prefix[8:12]}-4000-8000-".encode()
-        self.ping_response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n"
+        # Status line and headers only: _write_raw adds Content-Length (twice was a framing
+        # error that strict clients, llhttp among them, reject).
+        self.ping_response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
         self._sweeper: asyncio.TimerHandle | None = loop.call_later(self.SWEEP_SECONDS, self._sweep)
 
     def request_id_line(self) -> bytes:
@@ -1066,7 +1077,9 @@ class ClientConnection(asyncio.Protocol):
         "_paused",
         "_pending",
         "_problem",
+        "_raw_headers",
         "_serving_pending",
+        "_signature",
         "_stopped",
         "_url",
         "_write_blocked",
@@ -1093,6 +1106,10 @@ class ClientConnection(asyncio.Protocol):
         #: than it is answered, so no further (pipelined) request is served until it drains.
         self._write_blocked = False
         self._serving_pending = False
+        #: With authentication on: every header as received (SigV4 signs them as sent), and
+        #: the signature being checked while the body arrives.
+        self._raw_headers: list[tuple[bytes, bytes]] | None = None
+        self._signature: PendingSignature | None = None
         self.closing = False
         self.deadline = _NO_DEADLINE
         self._in_head = False
@@ -1194,6 +1211,9 @@ class ClientConnection(asyncio.Protocol):
         self._problem = None
         self._body = []
         self._body_size = 0
+        if self.server.guard is not None:
+            self._raw_headers = []
+            self._signature = None
         self.deadline = self.loop.time() + self.server.header_timeout
 
     def on_url(self, url: bytes) -> None:
@@ -1202,14 +1222,15 @@ class ClientConnection(asyncio.Protocol):
             raise _RequestRejected(HeadersTooLarge("The request URL is too long."))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            # A trailer field after a chunked body: discarded, never taken for a header (RFC
-            # 9110 §6.5.1), so no trailer can pick the target or the Content-Type.
-            return
         self._header_count += 1
         self._field_bytes += len(name) + len(value)
+        raw = self._raw_headers
+        if raw is not None and self._in_head:
+            raw.append((name, value))
         lname = name.lower()
-        if lname in _RELEVANT and self._problem is None:
+        # Not _in_head: a trailer field after a chunked body, discarded (RFC 9110 §6.5.1), so
+        # no trailer can pick the target or the Content-Type.
+        if lname in _RELEVANT and self._problem is None and self._in_head:
             problem = self._headers.add_lower(lname, name, value)
             if problem is not None:
                 self._problem = MalformedRequest(problem)
@@ -1237,6 +1258,8 @@ class ClientConnection(asyncio.Protocol):
         if length is not None and length > server.max_body:
             too_large = PayloadTooLarge(_too_large_message(length, server.max_body))
             raise _RequestRejected(too_large)
+        if server.guard is not None:
+            self._begin_signature(server.guard)
         self.deadline = self.loop.time() + server.body_timeout
         if headers.expect_continue and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -1248,12 +1271,23 @@ class ClientConnection(asyncio.Protocol):
                 PayloadTooLarge(_too_large_message(self._body_size, self.server.max_body))
             )
         self._body.append(body)
+        if self._signature is not None:
+            self._signature.update(body)
 
     def on_message_complete(self) -> None:
         received_at = _clock()
         self.deadline = _NO_DEADLINE
         self._header_count = 0  # no request in progress: an idle timeout closes silently
         parser = self.parser
+        if self._signature is not None:
+            denied = self._finish_auth()
+            if denied is not None:
+                keep_alive = parser.should_keep_alive()
+                if self.current is None and not self._pending and not self._write_blocked:
+                    self._write_error(denied, keep_alive, None)
+                else:
+                    self._pending.append(_ParsedRequest.rejection(denied))
+                return
         if self.current is None and not self._pending and not self._write_blocked:
             self._dispatch(
                 parser.get_method(),
@@ -1278,6 +1312,37 @@ class ClientConnection(asyncio.Protocol):
         )
         if len(self._pending) >= _PENDING_LIMIT and not self._paused:
             self._pause()
+
+    # authentication and authorization (auth.mode sigv4 only)
+    def _begin_signature(self, guard: Guard) -> None:
+        path, _, query = self._url.partition(b"?")
+        method = self.parser.get_method()
+        if path == b"/ping" and method in (b"GET", b"HEAD"):
+            return  # the router's own health check stays open, as load balancers expect
+        assert self._raw_headers is not None
+        try:
+            self._signature = guard.begin(method, path, query, self._raw_headers)
+        except AuthError as exc:
+            # Refused on its head: the body is not read, so the connection closes after this.
+            raise _RequestRejected(exc) from None
+
+    def _finish_auth(self) -> AuthError | None:
+        """Check the signature over the whole body, then authorize ``sagemaker:InvokeEndpoint``
+        on the endpoint and target the request names, before anything is looked up: a denied
+        caller gets the same answer whether or not they exist."""
+        signature, self._signature = self._signature, None
+        guard = self.server.guard
+        assert signature is not None and guard is not None
+        try:
+            credential = signature.finish()
+            parts = self._url.partition(b"?")[0].split(b"/")
+            if len(parts) == 4 and parts[0] == b"" and parts[1] == b"endpoints":
+                guard.authorize_invoke(
+                    credential, parts[2].decode("latin-1"), self._headers.target_container
+                )
+        except AuthError as exc:
+            return exc
+        return None
 
     # request handling
     def _dispatch(

@@ -12,8 +12,8 @@ The data plane and the control plane use one :class:`Guard` per router config (N
     # control plane: guard.authorize_operation(credential, "CreateModel", params)
 
 Authorization must run before the endpoint or container is looked up, so that a denied caller
-gets the same answer whether or not they exist. ``error.wire_error(plane)`` gives the status,
-code and body of any :class:`AuthError`.
+gets the same answer whether or not they exist. :func:`mce_router.errors.wire_error` gives the
+status (403), code and body of any :class:`AuthError`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from mce_router.errors import wire_error
 from mce_router.security import (
     AccessDenied,
     AuditLog,
@@ -749,7 +750,7 @@ def test_guard_authorizes_invocations_and_audits_each_decision(
     assert guard.authorize_invoke(alice, "Endpoint_Name", "customIps1").allowed
     with pytest.raises(AccessDenied) as denied:
         guard.authorize_invoke(alice, "endpoint_name", "special1")
-    assert denied.value.code == "AccessDeniedException" and denied.value.status == 403
+    assert denied.value.code == "AccessDeniedException" and wire_error(denied.value).status == 403
     assert "special1" not in denied.value.message
     with pytest.raises(
         AccessDenied,

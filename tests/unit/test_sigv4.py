@@ -28,7 +28,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from mce_router.errors import ConfigError
+from mce_router.errors import AuthError, ConfigError, wire_error
 from mce_router.security import (
     AuthConfig,
     AuthenticationError,
@@ -253,7 +253,7 @@ def test_body_may_be_given_in_chunks_or_streamed(invocation: RawRequest) -> None
 def test_wrong_secret_is_an_invalid_signature(invocation: RawRequest) -> None:
     error = refused(invocation, verifier([Credential(KEY, SECRET + "x", PRINCIPAL)]))
     assert error.code == "InvalidSignatureException"
-    assert error.status == 403
+    assert wire_error(error).status == 403
     assert error.message.startswith("The request signature we calculated does not match")
     # The canonical request is echoed for debugging; the secret never is (refused() checks).
     assert "/endpoints/my-endpoint/invocations" in error.message
@@ -712,11 +712,8 @@ def guarded_responder(guard: Guard) -> Responder:
                 None,
             )
             guard.authorize_invoke(credential, endpoint, target)
-        except AuthenticationError as exc:
-            wire = exc.wire_error()
-            return wire.status, list(wire.header_pairs()), wire.body()
-        except Exception as exc:
-            wire = exc.wire_error()  # type: ignore[attr-defined]
+        except AuthError as exc:
+            wire = wire_error(exc)
             return wire.status, list(wire.header_pairs()), wire.body()
         return 200, [("Content-Type", "application/json")], b'{"ok":true}'
 
