@@ -206,18 +206,19 @@ class RoutingTable:
     __slots__ = ("by_name", "by_path")
 
     def __init__(self, endpoints: Iterable[EndpointRoute] = ()) -> None:
-        self.by_name: dict[str, EndpointRoute] = {e.name: e for e in endpoints}
+        #: Lower-cased names: endpoint names are unique ignoring case, as in SageMaker.
+        self.by_name: dict[str, EndpointRoute] = {e.name.lower(): e for e in endpoints}
         # Keyed by the exact bytes boto3 sends, so the common case is one dict lookup.
         self.by_path: dict[bytes, EndpointRoute] = {
-            f"/endpoints/{name}/invocations".encode(): e for name, e in self.by_name.items()
+            f"/endpoints/{e.name}/invocations".encode(): e for e in self.by_name.values()
         }
 
     def with_endpoint(self, endpoint: EndpointRoute) -> RoutingTable:
-        others = [e for e in self.by_name.values() if e.name != endpoint.name]
+        others = [e for e in self.by_name.values() if e.name.lower() != endpoint.name.lower()]
         return RoutingTable([*others, endpoint])
 
     def without_endpoint(self, name: str) -> RoutingTable:
-        return RoutingTable(e for e in self.by_name.values() if e.name != name)
+        return RoutingTable(e for e in self.by_name.values() if e.name.lower() != name.lower())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1421,9 +1422,10 @@ class ClientConnection(asyncio.Protocol):
                         None,
                     )
                     return
-                route = self.server.table.by_name.get(name)
-                if route is not None:  # e.g. a query string was appended
-                    self._handle(request._replace_url(f"/endpoints/{name}/invocations".encode()))
+                route = self.server.table.by_name.get(name.lower())
+                if route is not None:  # another letter case, or a query string was appended
+                    canonical = f"/endpoints/{route.name}/invocations".encode()
+                    self._handle(request._replace_url(canonical))
                     return
                 self._write_error(
                     EndpointNotFound(

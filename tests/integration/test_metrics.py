@@ -204,7 +204,8 @@ async def test_busy_container_reads_high_cpu_and_idle_reads_near_zero(
         samples = prometheus_samples(await fetch(f"{router.admin_url}/metrics"))
         busy_cpu = samples[("sagemaker_container_cpu_utilization_percent", labels("usage", "busy"))]
         idle_cpu = samples[("sagemaker_container_cpu_utilization_percent", labels("usage", "idle"))]
-        # One spinning thread is one core (100 %); the sampler shares 2 cores with the suite.
+        # Two spinning processes in the tree: up to 200 %, well over 50 % even when the 2 cores
+        # are shared with the rest of the suite.
         assert busy_cpu > 50, busy_cpu
         assert idle_cpu < 10, idle_cpu
         memory = samples[
