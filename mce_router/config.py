@@ -67,8 +67,14 @@ class Limits:
     client_keepalive_timeout_seconds: float = 75.0
     max_header_count: int = 100
     max_header_bytes: int = 16 * 1024
-    #: Requests waiting for a free connection to one container before 429 is answered.
-    max_queued_per_container: int = 1024
+    #: Requests waiting for a free connection to one container before 429 is answered; each
+    #: holds its body (up to 6 MiB), so this bounds a saturated container's memory.
+    max_queued_per_container: int = 128
+    #: How long a request may wait for a free connection before 429 (so clients back off and
+    #: retry instead of waiting out the invocation timeout behind a slow model).
+    max_queue_wait_seconds: float = 10.0
+    #: Client connections the runtime listener holds at once; beyond it new ones get 503.
+    max_client_connections: int = 16384
     #: How long requests in flight on a fleet being replaced (UpdateEndpoint) or deleted
     #: (DeleteEndpoint) may take to finish before its containers are stopped anyway.
     drain_timeout_seconds: float = 30.0
@@ -319,6 +325,8 @@ def _validate(config: RouterConfig) -> None:
         "limits.body_read_timeout_seconds": limits.body_read_timeout_seconds,
         "limits.max_header_count": limits.max_header_count,
         "limits.max_header_bytes": limits.max_header_bytes,
+        "limits.max_queue_wait_seconds": limits.max_queue_wait_seconds,
+        "limits.max_client_connections": limits.max_client_connections,
         "health.ping_timeout_seconds": config.health.ping_timeout_seconds,
         "health.startup_timeout_seconds": config.health.startup_timeout_seconds,
         "health.ping_interval_seconds": config.health.ping_interval_seconds,

@@ -711,7 +711,7 @@ class Invocation:
         self._orphaned = False
         # perf_counter instant after which the server's sweep times this invocation out; it
         # also bounds the wait for a free connection.
-        self.deadline = received_at + client.server.invocation_timeout
+        self.deadline = _NO_DEADLINE  # set when a stage waits for or calls a container
 
     def start(self) -> None:
         self._call_stage()
@@ -727,6 +727,7 @@ class Invocation:
             )
             return
         self._state = _STATE_WAITING
+        self.deadline = _clock() + self.client.server.queue_wait
         upstream.pool.acquire(self)
 
     # ConnectionPool callbacks
@@ -800,12 +801,12 @@ class Invocation:
     def timed_out(self) -> None:
         """Called by the server's sweep once ``deadline`` has passed."""
         upstream = self.chain[self._stage]
-        timeout = self.client.server.invocation_timeout
         if self._state == _STATE_WAITING:
+            wait = self.client.server.queue_wait
             self._finish_error(
                 ModelNotReady(
                     f"Container {upstream.container_name} had no free connection within "
-                    f"{timeout:g} s: all {upstream.pool.max_connections} are busy. Retry later."
+                    f"{wait:g} s: all {upstream.pool.max_connections} are busy. Retry later."
                 )
             )
             return
@@ -820,7 +821,7 @@ class Invocation:
             _broken_call_error(
                 upstream,
                 f"Your invocation timed out while waiting for a response from container "
-                f"{upstream.container_name} (limit {timeout:g} s)",
+                f"{upstream.container_name} (limit {self.client.server.invocation_timeout:g} s)",
                 message_is_full=True,
             )
         )
@@ -990,6 +991,8 @@ class RuntimeServer:
         self.table = RoutingTable()
         self.limits = limits
         self.invocation_timeout = limits.invocation_timeout_seconds
+        self.queue_wait = min(limits.max_queue_wait_seconds, limits.invocation_timeout_seconds)
+        self.max_connections = limits.max_client_connections
         self.header_timeout = limits.header_read_timeout_seconds
         self.body_timeout = limits.body_read_timeout_seconds
         self.keepalive_timeout = limits.client_keepalive_timeout_seconds
@@ -1128,6 +1131,22 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        if len(self.server.connections) >= self.server.max_connections:
+            # Past the cap (e.g. a slowloris flood): answer 503 and close at once; the connection
+            # is never registered, so it costs nothing beyond this callback.
+            _, head, body = self._error_response(
+                ServiceUnavailable(
+                    f"The router holds {self.server.max_connections} client connections already "
+                    "(limits.max_client_connections); retry later."
+                ),
+                None,
+            )
+            self.closing = True
+            self.transport.write(
+                head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+            )
+            self.transport.close()
+            return
         self.server.connections.add(self)
         # A new connection owes its first request head within the header deadline (as nginx's
         # client_header_timeout); the longer keep-alive wait applies between requests only.
@@ -1484,6 +1503,14 @@ class ClientConnection(asyncio.Protocol):
     def _write_error(
         self, error: RouterError, keep_alive: bool, variant: VariantRoute | None
     ) -> int:
+        status, head, body = self._error_response(error, variant)
+        self._write_raw(head, body, keep_alive)
+        return status
+
+    def _error_response(
+        self, error: RouterError, variant: VariantRoute | None
+    ) -> tuple[int, bytes, bytes]:
+        """Status, head (without Content-Length) and body of the wire form of ``error``."""
         wire = wire_error(error, "runtime")
         head = [b"HTTP/1.1 %d %s\r\n" % (wire.status, _REASONS.get(wire.status, b"Error"))]
         head.extend(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in wire.header_pairs())
@@ -1491,8 +1518,7 @@ class ClientConnection(asyncio.Protocol):
             head.append(variant.response_header)
         head.append(self.server.request_id_line())
         head.append(self.server.date.get(self.loop.time()))
-        self._write_raw(b"".join(head), wire.body(), keep_alive)
-        return wire.status
+        return wire.status, b"".join(head), wire.body()
 
     def _write_raw(self, head: bytes, body: bytes, keep_alive: bool) -> None:
         if self.transport is None or self.closing:

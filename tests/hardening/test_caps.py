@@ -1,0 +1,64 @@
+"""Caps that keep one flood or one slow model from taking the router down for everyone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from conftest import deploy, direct_model, running_router
+from hardening_support import connection, exchange, hardening_config, request
+
+from mce_router.config import Limits
+
+pytestmark = pytest.mark.hardening
+
+
+async def test_client_connections_beyond_the_cap_get_503_and_are_closed(tmp_path: Path) -> None:
+    config = hardening_config(tmp_path / "state", Limits(max_client_connections=3))
+    async with running_router(config) as router:
+        await deploy(router, direct_model("capped", ["a"]))
+        port = router.runtime_port
+        async with connection(port) as c1, connection(port) as c2, connection(port) as c3:
+            del c1, c2, c3  # three idle sockets fill the cap
+            await asyncio.sleep(0.1)  # connection_made has run for all three
+            async with connection(port) as refused:
+                response = await refused.response(timeout=5)
+                assert response.status == 503
+                assert response.error_code == "ServiceUnavailable"
+                assert "max_client_connections" in response.message
+                assert await refused.closed_by_router()
+        # Once they are gone, new clients are served again.
+        response, _ = await exchange(port, request("capped", body=b"ok"))
+        assert (response.status, response.body) == (200, b"ok")
+
+
+async def test_a_request_queued_behind_a_busy_container_gets_429_at_the_queue_wait(
+    tmp_path: Path,
+) -> None:
+    limits = Limits(
+        max_connections_per_container=1,
+        max_queue_wait_seconds=0.3,
+        invocation_timeout_seconds=30,
+    )
+    async with running_router(hardening_config(tmp_path / "state", limits)) as router:
+        await deploy(router, direct_model("queued", ["a"]))
+        port = router.runtime_port
+        slow = asyncio.ensure_future(
+            exchange(
+                port,
+                request("queued", "X-Amzn-SageMaker-Custom-Attributes: action=sleep:2"),
+            )
+        )
+        await asyncio.sleep(0.2)  # the slow call holds the only connection
+        started = time.monotonic()
+        response, _ = await exchange(port, request("queued", body=b"waiting"))
+        waited = time.monotonic() - started
+        assert response.status == 429
+        assert response.error_code == "ModelNotReadyException"
+        assert "no free connection within 0.3 s" in response.message
+        # Answered at the queue deadline (sweep resolution 0.1 s), not the 30 s timeout.
+        assert waited < 5
+        slow_response, _ = await slow
+        assert slow_response.status == 200
