@@ -99,7 +99,7 @@ _SHOWN_VALUE_MAX_LENGTH = 100
 # --- error construction -------------------------------------------------------------------
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A value as messages print it: strings quoted and cut short, containers summarized."""
     if isinstance(value, str):
         if len(value) > _SHOWN_VALUE_MAX_LENGTH:
@@ -130,7 +130,7 @@ def _fail(field_path: str, shown_value: str, rule: str, detail: str = "") -> NoR
 
 
 def _invalid(field_path: str, value: Any, rule: str, detail: str = "") -> NoReturn:
-    _fail(field_path, _show(value), rule, detail)
+    _fail(field_path, show_value(value), rule, detail)
 
 
 def _missing(field_path: str, detail: str = "") -> NoReturn:
@@ -163,7 +163,7 @@ def _split_known(body: Mapping[str, Any], known: frozenset[str], prefix: str) ->
         if intended is not None:
             _fail(
                 _join(prefix, key),
-                _show(key),
+                show_value(key),
                 "Parameter names are case-sensitive",
                 f"did you mean '{_join(prefix, intended)}'?",
             )

@@ -9,7 +9,6 @@ Messages read like SageMaker's and like :mod:`mce_router.spec`'s::
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Collection, Mapping
@@ -17,33 +16,15 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from ..errors import ValidationError
-from ..spec import NAME_MAX_LENGTH, NAME_PATTERN
+from ..spec import NAME_MAX_LENGTH, NAME_PATTERN, show_value
 
 _NAME_PATTERN_TEXT = NAME_PATTERN.pattern.removesuffix("$")
-_SHOWN_MAX = 100
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        if len(value) > _SHOWN_MAX:
-            value = value[:_SHOWN_MAX] + "..."
-        return "'" + json.dumps(value, ensure_ascii=False)[1:-1] + "'"
-    if value is None or isinstance(value, bool | float):
-        return json.dumps(value)
-    if isinstance(value, int):
-        # Python refuses to print integers beyond 4300 digits.
-        return str(value) if value.bit_length() < 1024 else "(a very large integer)"
-    if isinstance(value, Mapping):
-        return f"(an object with {len(value)} members)"
-    if isinstance(value, list):
-        return f"(a list with {len(value)} entries)"
-    return f"(a {type(value).__name__})"
 
 
 def fail(field: str, value: Any, rule: str, detail: str = "") -> NoReturn:
     """Raise the SageMaker-style validation error for ``value`` at ``field``."""
     message = (
-        f"1 validation error detected: Value {_show(value)} at '{field}' "
+        f"1 validation error detected: Value {show_value(value)} at '{field}' "
         f"failed to satisfy constraint: {rule}"
     )
     if detail:
