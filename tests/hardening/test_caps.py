@@ -62,3 +62,28 @@ async def test_a_request_queued_behind_a_busy_container_gets_429_at_the_queue_wa
         assert waited < 5
         slow_response, _ = await slow
         assert slow_response.status == 200
+
+
+async def test_a_client_that_disconnects_mid_body_leaves_no_body_behind(tmp_path: Path) -> None:
+    """Closed client connections sit in reference cycles (parser callbacks, transport) until a
+    full garbage collection; the body they were receiving must be released at once."""
+    import gc
+
+    from mce_router.dataplane.proxy import ClientConnection
+
+    async with running_router(hardening_config(tmp_path / "state")) as router:
+        await deploy(router, direct_model("dropped", ["a"]))
+        for _ in range(3):
+            async with connection(router.runtime_port) as conn:
+                head = request("dropped", body=b"").replace(
+                    b"Content-Length: 0", b"Content-Length: 6000000"
+                )
+                await conn.send(head + b"x" * 4_000_000)
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # connection_lost has run for all three
+        held = [
+            sum(len(chunk) for chunk in obj._body)
+            for obj in gc.get_objects()
+            if isinstance(obj, ClientConnection) and obj.closing
+        ]
+        assert sum(held) == 0, held

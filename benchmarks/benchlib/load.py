@@ -1,0 +1,200 @@
+"""wrk runs: one warm-up, one measured run, CPU and RSS of the proxy under test around it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .procs import (
+    LOAD_CPU,
+    BenchError,
+    ForeignLoad,
+    Managed,
+    pinned,
+    tree_cpu_seconds,
+    tree_rss,
+    which,
+)
+
+LUA = Path(__file__).resolve().parent.parent / "lua" / "post.lua"
+TARGET_HEADER = "X-Amzn-SageMaker-Target-Container-Hostname"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One thing to measure: a URL under a given load, and which process is the proxy."""
+
+    id: str
+    group: str  # throughput | latency | body | variant
+    path: str  # origin | nginx | router | router-serial3 | ... (the label in tables)
+    url: str
+    connections: int
+    body_file: Path
+    body_bytes: int
+    content_type: str = "application/json"
+    targets: tuple[str, ...] = ()
+    #: Name of the process (key of the stack's process map) whose CPU/RSS is measured.
+    proxy: str | None = None
+    #: Returns extra headers per run (e.g. a fresh SigV4 signature); None = no extra headers.
+    headers: Callable[[], dict[str, str]] | None = None
+    #: Sample RSS every 20 ms instead of 100 ms (large bodies: the peak matters).
+    fine_rss: bool = False
+    #: Run the warm-up first (1-connection latency runs skip it: nothing to warm).
+    warm: bool = True
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, procs: list[psutil.Process], interval: float) -> None:
+        super().__init__(daemon=True)
+        self.procs = procs
+        self.interval = interval
+        self.peak = tree_rss(procs)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.peak = max(self.peak, tree_rss(self.procs))
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join(timeout=2)
+        self.peak = max(self.peak, tree_rss(self.procs))
+        return self.peak
+
+
+def run_wrk(
+    case: Case, seconds: int, workdir: Path, *, tag: str, timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """Run wrk once (pinned to the load CPU); returns the Lua ``done()`` JSON."""
+    wrk = which("wrk")
+    if wrk is None:
+        raise BenchError("wrk not found")
+    out = workdir / f"wrk-{tag}.json"
+    out.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "BENCH_BODY_FILE": str(case.body_file),
+        "BENCH_CONTENT_TYPE": case.content_type,
+        "BENCH_TARGETS": ",".join(case.targets),
+        "BENCH_OUT": str(out),
+        "BENCH_HEADERS_FILE": "",
+    }
+    if case.headers is not None:
+        headers_file = workdir / f"headers-{tag}.txt"
+        headers_file.write_text(
+            "".join(f"{k}: {v}\n" for k, v in case.headers().items()), encoding="utf-8"
+        )
+        env["BENCH_HEADERS_FILE"] = str(headers_file)
+    cmd = pinned(
+        [
+            wrk,
+            "-t1",
+            f"-c{case.connections}",
+            f"-d{seconds}s",
+            f"--timeout={timeout_s:g}s",
+            "--latency",
+            "-s",
+            str(LUA),
+            case.url,
+        ],
+        LOAD_CPU,
+    )
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=seconds + timeout_s + 30)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            proc.wait()
+    if proc.returncode != 0 or not out.exists():
+        raise BenchError(
+            f"wrk failed for {case.id} (exit {proc.returncode}):\n"
+            f"{stdout.decode(errors='replace')[-1500:]}\n{stderr.decode(errors='replace')[-1500:]}"
+        )
+    result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return result
+
+
+def measure(
+    case: Case,
+    *,
+    seconds: int,
+    warmup: int,
+    workdir: Path,
+    processes: dict[str, Managed],
+    round_no: int,
+) -> dict[str, Any]:
+    """Warm up, then one measured run with the proxy's CPU time and RSS around it."""
+    if warmup > 0 and case.warm:
+        run_wrk(case, warmup, workdir, tag=f"{case.id}-warmup")
+    managed = processes.get(case.proxy) if case.proxy else None
+    tree = managed.tree() if managed is not None else []
+    cpu_before = tree_cpu_seconds(tree)
+    rss_before = tree_rss(tree)
+    sampler = RssSampler(tree, 0.02 if case.fine_rss else 0.1) if tree else None
+    if sampler is not None:
+        sampler.start()
+    foreign = ForeignLoad(list(processes.values()))
+    started = time.monotonic()
+    try:
+        raw = run_wrk(case, seconds, workdir, tag=case.id)
+    finally:
+        wall = time.monotonic() - started
+        peak = sampler.stop() if sampler is not None else 0
+    foreign_pct = foreign.percent()
+    cpu_after = tree_cpu_seconds(tree)
+    rss_after = tree_rss(tree)
+    duration = raw["duration_us"] / 1e6
+    requests = raw["requests"]
+    errors = raw["errors"]
+    rps = requests / duration if duration > 0 else 0.0
+    cpu = cpu_after - cpu_before
+    result: dict[str, Any] = {
+        "case": case.id,
+        "round": round_no,
+        "path": case.path,
+        "group": case.group,
+        "connections": case.connections,
+        "body_bytes": case.body_bytes,
+        "seconds": duration,
+        "requests": requests,
+        "rps": rps,
+        "mb_per_s": rps * case.body_bytes / 1e6,
+        "latency_us": raw["latency_us"],
+        "errors": errors,
+        "socket_errors": errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
+        "non_2xx": errors["status"],
+        #: CPU used by processes outside the benchmark during the run, % of one CPU.
+        "foreign_cpu_pct": foreign_pct,
+    }
+    if tree:
+        result.update(
+            {
+                "proxy": case.proxy,
+                "proxy_cpu_s": cpu,
+                "proxy_cpu_pct": 100.0 * cpu / wall if wall > 0 else 0.0,
+                "proxy_cpu_us_per_req": 1e6 * cpu / requests if requests else None,
+                "proxy_rss_before": rss_before,
+                "proxy_rss_peak": peak,
+                "proxy_rss_after": rss_after,
+            }
+        )
+    return result
