@@ -155,6 +155,16 @@ def validate_output(client: Any, operation: str, response: dict[str, Any]) -> No
 FAST_WAITER = {"Delay": 0.1, "MaxAttempts": 300}
 
 
+async def call(function: Callable[..., Any], **kwargs: Any) -> Any:
+    """One blocking boto3 call, in a thread so the router keeps running in this loop."""
+    return await asyncio.to_thread(function, **kwargs)
+
+
+async def wait_in_service(client: Any, name: str) -> None:
+    waiter = client.get_waiter("endpoint_in_service")
+    await call(waiter.wait, EndpointName=name, WaiterConfig=FAST_WAITER)
+
+
 async def invoke(client: Any, **kwargs: Any) -> dict[str, Any]:
     """boto3 is blocking: call it in a thread so the router keeps running in this loop. The body
     is read in that thread too: a large response does not fit the socket buffers, and reading it

@@ -16,6 +16,7 @@ import pytest
 from botocore.exceptions import ClientError, WaiterError
 from conftest import (
     FAST_WAITER,
+    call,
     child_processes,
     container,
     control_client,
@@ -27,6 +28,7 @@ from conftest import (
     running_router,
     runtime_client,
     validate_output,
+    wait_in_service,
     wait_no_live_processes,
 )
 
@@ -34,11 +36,6 @@ from mce_router import Router, RouterConfig
 from mce_router.config import HealthSettings, Limits
 
 ROLE = "arn:aws:iam::000000000000:role/x"
-
-
-async def call(function: Callable[..., Any], **kwargs: Any) -> Any:
-    """One blocking boto3 call, in a thread so the router keeps running in this loop."""
-    return await asyncio.to_thread(function, **kwargs)
 
 
 async def call_error(function: Callable[..., Any], **kwargs: Any) -> ClientError:
@@ -55,11 +52,6 @@ async def control_session(config: RouterConfig) -> AsyncIterator[tuple[Router, A
     async with running_router(config) as router:
         with closing(control_client(router.admin_url)) as client:
             yield router, client
-
-
-async def wait_in_service(client: Any, name: str) -> None:
-    waiter = client.get_waiter("endpoint_in_service")
-    await call(waiter.wait, EndpointName=name, WaiterConfig=FAST_WAITER)
 
 
 async def wait_deleted(client: Any, name: str) -> None:

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from botocore.exceptions import ClientError
 from conftest import (
-    FAST_WAITER,
     FAULT_CONTAINER,
     FAULT_IMAGE,
+    call,
     child_processes,
     client_for_url,
     container,
@@ -35,21 +35,13 @@ from conftest import (
     multi_model,
     running_router,
     runtime_client,
+    wait_in_service,
     wait_no_live_processes,
     wait_until,
 )
 
 from mce_router import ConfigError, EndpointStartupError, Router
 from mce_router.config import HealthSettings
-
-
-async def call(function: Any, **kwargs: Any) -> Any:
-    return await asyncio.to_thread(function, **kwargs)
-
-
-async def wait_in_service(client: Any, name: str) -> None:
-    waiter = client.get_waiter("endpoint_in_service")
-    await call(waiter.wait, EndpointName=name, WaiterConfig=FAST_WAITER)
 
 
 async def container_env(client: Any, endpoint: str, hostname: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 from conftest import (
     FAST_WAITER,
+    call,
     call_raising,
     child_processes,
     container,
@@ -25,21 +26,13 @@ from conftest import (
     running_router,
     runtime_client,
     validate_output,
+    wait_in_service,
     wait_no_live_processes,
     wait_until,
 )
 
 from mce_router import Router
 from mce_router.config import HealthSettings, Limits
-
-
-async def call(function: Any, **kwargs: Any) -> Any:
-    return await asyncio.to_thread(function, **kwargs)
-
-
-async def wait_in_service(client: Any, name: str) -> None:
-    waiter = client.get_waiter("endpoint_in_service")
-    await call(waiter.wait, EndpointName=name, WaiterConfig=FAST_WAITER)
 
 
 def fleet_model(name: str, fleet: str, **environment: str) -> dict[str, Any]:
