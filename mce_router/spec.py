@@ -129,7 +129,8 @@ def _fail(field_path: str, shown_value: str, rule: str, detail: str = "") -> NoR
     raise ValidationError(message, field=field_path, rule=rule)
 
 
-def _invalid(field_path: str, value: Any, rule: str, detail: str = "") -> NoReturn:
+def invalid_value(field_path: str, value: Any, rule: str, detail: str = "") -> NoReturn:
+    """Raise the SageMaker-style ValidationError for ``value`` at ``field_path``."""
     _fail(field_path, show_value(value), rule, detail)
 
 
@@ -146,7 +147,7 @@ def _join(prefix: str, key: str) -> str:
 
 def _require_mapping(value: Any, field_path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        _invalid(field_path, value, "Member must be a JSON object")
+        invalid_value(field_path, value, "Member must be a JSON object")
     return value
 
 
@@ -156,7 +157,7 @@ def _split_known(body: Mapping[str, Any], known: frozenset[str], prefix: str) ->
     extra: dict[str, Any] = {}
     for key, value in body.items():
         if not isinstance(key, str):
-            _invalid(prefix, key, "Parameter names must be strings")
+            invalid_value(prefix, key, "Parameter names must be strings")
         if key in known:
             continue
         intended = folded_known.get(key.casefold())
@@ -180,39 +181,39 @@ def _required(body: Mapping[str, Any], key: str, field_path: str) -> Any:
 
 def _as_str(value: Any, field_path: str) -> str:
     if not isinstance(value, str):
-        _invalid(field_path, value, "Member must be a string")
+        invalid_value(field_path, value, "Member must be a string")
     return value
 
 
 def _as_int(value: Any, field_path: str) -> int:
     # bool is an int subclass in Python, but JSON true is not a number.
     if isinstance(value, bool) or not isinstance(value, int):
-        _invalid(field_path, value, "Member must be an integer")
+        invalid_value(field_path, value, "Member must be an integer")
     return value
 
 
 def _as_number(value: Any, field_path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        _invalid(field_path, value, "Member must be a number")
+        invalid_value(field_path, value, "Member must be a number")
     if not math.isfinite(value):
-        _invalid(field_path, value, "Member must be a finite number")
+        invalid_value(field_path, value, "Member must be a finite number")
     return float(value)
 
 
 def _as_list(value: Any, field_path: str) -> list[Any] | tuple[Any, ...]:
     if not isinstance(value, list | tuple):
-        _invalid(field_path, value, "Member must be a JSON array")
+        invalid_value(field_path, value, "Member must be a JSON array")
     return value
 
 
 def _check_name(value: Any, field_path: str) -> str:
     name = _as_str(value, field_path)
     if len(name) > NAME_MAX_LENGTH:
-        _invalid(
+        invalid_value(
             field_path, name, f"Member must have length less than or equal to {NAME_MAX_LENGTH}"
         )
     if NAME_PATTERN.fullmatch(name) is None:
-        _invalid(
+        invalid_value(
             field_path,
             name,
             f"Member must satisfy regular expression pattern: {_NAME_PATTERN_TEXT}",
@@ -237,7 +238,7 @@ def _check_unique(names: Iterable[tuple[str, str]], what: str) -> None:
         earlier = seen.get(key)
         if earlier is not None:
             earlier_path, earlier_name = earlier
-            _invalid(
+            invalid_value(
                 field_path,
                 name,
                 f"Member must be unique among {what} values, compared case-insensitively",
@@ -307,12 +308,12 @@ def _parse_environment(value: Any, field_path: str) -> Mapping[str, str]:
     if value is None:
         return MappingProxyType({})
     if not isinstance(value, Mapping):
-        _invalid(field_path, value, "Member must be a JSON object")
+        invalid_value(field_path, value, "Member must be a JSON object")
     _check_length(value, field_path, 0, ENVIRONMENT_MAX_ENTRIES)
     environment: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or ENVIRONMENT_KEY_PATTERN.fullmatch(key) is None:
-            _invalid(
+            invalid_value(
                 field_path,
                 key,
                 "Map keys must satisfy regular expression pattern: "
@@ -323,7 +324,7 @@ def _parse_environment(value: Any, field_path: str) -> Mapping[str, str]:
         item_path = f"{field_path}.{key}"
         text = _as_str(item, item_path)
         if len(text) > ENVIRONMENT_VALUE_MAX_LENGTH:
-            _invalid(
+            invalid_value(
                 item_path,
                 text,
                 f"Member must have length less than or equal to {ENVIRONMENT_VALUE_MAX_LENGTH}",
@@ -337,11 +338,11 @@ def _parse_container(body: Any, field_path: str, position: int) -> ContainerSpec
     image_path = _join(field_path, "Image")
     image = _as_str(_required(container, "Image", image_path), image_path)
     if len(image) > IMAGE_MAX_LENGTH:
-        _invalid(
+        invalid_value(
             image_path, image, f"Member must have length less than or equal to {IMAGE_MAX_LENGTH}"
         )
     if _IMAGE_PATTERN.fullmatch(image) is None:
-        _invalid(image_path, image, r"Member must satisfy regular expression pattern: [\S]+")
+        invalid_value(image_path, image, r"Member must satisfy regular expression pattern: [\S]+")
     hostname_path = _join(field_path, "ContainerHostname")
     raw_hostname = container.get("ContainerHostname")
     hostname = None if raw_hostname is None else _check_name(raw_hostname, hostname_path)
@@ -360,7 +361,7 @@ def _parse_container(body: Any, field_path: str, position: int) -> ContainerSpec
 def _split_unknown_refused(body: Mapping[str, Any], known: frozenset[str], prefix: str) -> None:
     for key in body:
         if key not in known:
-            _invalid(
+            invalid_value(
                 _join(prefix, str(key)),
                 key,
                 f"{prefix} has no member but {', '.join(sorted(known))}",
@@ -381,7 +382,7 @@ def _parse_mode(body: Mapping[str, Any]) -> ExecutionMode:
     try:
         return ExecutionMode(mode)
     except ValueError:
-        _invalid(mode_path, mode, "Member must satisfy enum value set: [Serial, Direct]")
+        invalid_value(mode_path, mode, "Member must satisfy enum value set: [Serial, Direct]")
 
 
 def _container_sources(body: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -389,7 +390,7 @@ def _container_sources(body: Mapping[str, Any]) -> list[tuple[str, Any]]:
     containers = body.get("Containers")
     primary = body.get("PrimaryContainer")
     if containers is not None and primary is not None:
-        _invalid(
+        invalid_value(
             "PrimaryContainer",
             primary,
             "Member must be absent when Containers is given",
@@ -554,9 +555,9 @@ def _parse_variant(body: Any, field_path: str) -> ProductionVariantSpec:
     raw_count = variant.get("InitialInstanceCount")
     count = 1 if raw_count is None else _as_int(raw_count, count_path)
     if count < 1:
-        _invalid(count_path, count, "Member must have value greater than or equal to 1")
+        invalid_value(count_path, count, "Member must have value greater than or equal to 1")
     if count > MAX_INSTANCE_COUNT:
-        _invalid(
+        invalid_value(
             count_path,
             count,
             f"Member must have value less than or equal to {MAX_INSTANCE_COUNT}",
@@ -567,16 +568,18 @@ def _parse_variant(body: Any, field_path: str) -> ProductionVariantSpec:
     raw_weight = variant.get("InitialVariantWeight")
     weight = 1.0 if raw_weight is None else _as_number(raw_weight, weight_path)
     if weight < 0:
-        _invalid(weight_path, raw_weight, "Member must have value greater than or equal to 0")
+        invalid_value(weight_path, raw_weight, "Member must have value greater than or equal to 0")
 
     timeout_path = _join(field_path, "ContainerStartupHealthCheckTimeoutInSeconds")
     raw_timeout = variant.get("ContainerStartupHealthCheckTimeoutInSeconds")
     timeout = None if raw_timeout is None else _as_int(raw_timeout, timeout_path)
     low, high = HEALTH_CHECK_TIMEOUT_RANGE
     if timeout is not None and timeout < low:
-        _invalid(timeout_path, timeout, f"Member must have value greater than or equal to {low}")
+        invalid_value(
+            timeout_path, timeout, f"Member must have value greater than or equal to {low}"
+        )
     if timeout is not None and timeout > high:
-        _invalid(timeout_path, timeout, f"Member must have value less than or equal to {high}")
+        invalid_value(timeout_path, timeout, f"Member must have value less than or equal to {high}")
 
     return ProductionVariantSpec(
         variant_name=variant_name,

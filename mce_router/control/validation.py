@@ -13,23 +13,12 @@ import math
 import re
 from collections.abc import Collection, Mapping
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
-from ..errors import ValidationError
-from ..spec import NAME_MAX_LENGTH, NAME_PATTERN, show_value
+from ..spec import NAME_MAX_LENGTH, NAME_PATTERN
+from ..spec import invalid_value as fail
 
 _NAME_PATTERN_TEXT = NAME_PATTERN.pattern.removesuffix("$")
-
-
-def fail(field: str, value: Any, rule: str, detail: str = "") -> NoReturn:
-    """Raise the SageMaker-style validation error for ``value`` at ``field``."""
-    message = (
-        f"1 validation error detected: Value {show_value(value)} at '{field}' "
-        f"failed to satisfy constraint: {rule}"
-    )
-    if detail:
-        message += f" ({detail})"
-    raise ValidationError(message, field=field, rule=rule)
 
 
 def check_name(value: Any, field: str) -> str:
