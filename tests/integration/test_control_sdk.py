@@ -3,18 +3,20 @@ with ``wait=False``, boto3's waiter, then ``Predictor.predict``.
 
 The SDK is in the ``test`` extra; without it installed this test is skipped (``-m "not sdk"``
 deselects it explicitly). Nothing may leave the machine: every other AWS endpoint is pointed at
-a loopback port that refuses connections, any connection to a non-loopback address is refused
-(and recorded: the test fails if one was attempted), and the calls the SDK makes are checked.
+a loopback port that refuses connections, and every HTTP(S) client that honours the proxy
+environment (botocore, requests: the SDK's telemetry uses it) is sent to a recording listener on
+loopback instead of the internet; the test fails if anything went there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import ipaddress
 import os
-import socket
-from contextlib import closing
+import socketserver
+import threading
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from typing import Any
 
 import boto3
@@ -46,7 +48,16 @@ async def test_sdk_pipeline_model_deploys_and_predicts(
     # Any client the SDK builds on its own (STS, S3, ...) gets a port that refuses.
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    outside = _refuse_non_loopback_connections(monkeypatch)
+    with _recording_proxy() as (proxy_url, outside):
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            monkeypatch.setenv(name, proxy_url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(name, "127.0.0.1,localhost")
+        await _deploy_and_predict(config_factory, monkeypatch)
+    assert outside == [], f"the SDK tried to reach {outside}"
+
+
+async def _deploy_and_predict(config_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     sagemaker = _import_sdk(monkeypatch)
     from sagemaker.deserializers import CSVDeserializer
     from sagemaker.model import Model
@@ -115,22 +126,24 @@ async def test_sdk_pipeline_model_deploys_and_predicts(
             "example/postprocess:latest",
         ]
         assert described["ExecutionRoleArn"] == ROLE
-        assert outside == [], f"the SDK tried to reach {outside}"
 
 
-def _refuse_non_loopback_connections(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Make every socket refuse to connect beyond loopback (the SDK has code paths, telemetry
-    for one, that use ``requests`` directly); returns the list of refused addresses."""
-    refused: list[Any] = []
-    connect = socket.socket.connect
+@contextmanager
+def _recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
+    """A real listener on loopback standing in for an HTTP proxy: it records the first line of
+    every request sent to it (``CONNECT host:443 ...``) and closes, so nothing goes further."""
+    seen: list[bytes] = []
 
-    def loopback_only(sock: socket.socket, address: Any) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            host = address[0]
-            if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
-                refused.append(address)
-                raise ConnectionRefusedError(f"test: no connections beyond loopback ({host})")
-        connect(sock, address)
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            seen.append(self.rfile.readline(4096).strip())
 
-    monkeypatch.setattr(socket.socket, "connect", loopback_only)
-    return refused
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)
