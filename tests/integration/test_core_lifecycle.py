@@ -281,7 +281,22 @@ async def test_cli_serve_answers_boto3_and_stops_cleanly(tmp_path: Path) -> None
         containers = {p.pid for p in psutil.Process(cli.pid).children(recursive=True)}
         assert len(containers) == 2
 
-        cli.send_signal(signal.SIGTERM)
+        # SIGTERM drains: a request the container is still working on is answered, then the
+        # router stops its containers and exits.
+        with closing(client_for_url(f"http://127.0.0.1:{runtime_port}")) as slow_client:
+            in_flight = asyncio.ensure_future(
+                invoke(
+                    slow_client,
+                    EndpointName="cli",
+                    TargetContainerHostname="a",
+                    Body=b"in flight at SIGTERM",
+                    CustomAttributes="action=sleep:1.5",
+                )
+            )
+            await asyncio.sleep(0.5)  # the request has reached the container
+            cli.send_signal(signal.SIGTERM)
+            answered = await in_flight
+        assert answered["Body"] == b"in flight at SIGTERM"
         async with asyncio.timeout(15):
             rest = await cli.stdout.read()
             code = await cli.wait()
