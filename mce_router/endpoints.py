@@ -146,7 +146,6 @@ class Deployment:
             if not instances or instances[-1][0].launch.instance_id != slot.launch.instance_id:
                 instances.append([])
             instances[-1].append(slot)
-        direct = False
         for variant in self.endpoint_config.variants:
             model = self.models[variant.model_name]
             direct = model.mode is ExecutionMode.DIRECT
@@ -161,7 +160,10 @@ class Deployment:
                     )
                 )
             variant_route = VariantRoute(
-                variant.variant_name, variant.initial_variant_weight, tuple(instance_routes)
+                variant.variant_name,
+                variant.initial_variant_weight,
+                tuple(instance_routes),
+                direct,
             )
             if self._metrics is not None:
                 if direct:
@@ -180,7 +182,7 @@ class Deployment:
                         self.endpoint_name, variant.variant_name
                     )
             variants.append(variant_route)
-        return EndpointRoute(self.endpoint_name, direct, tuple(variants))
+        return EndpointRoute(self.endpoint_name, tuple(variants))
 
     def _make_upstream(self, slot: ContainerSlot, loop: asyncio.AbstractEventLoop) -> Upstream:
         assert slot.container is not None

@@ -156,6 +156,8 @@ class VariantRoute:
     name: str
     weight: float
     instances: tuple[InstanceRoute, ...]
+    #: The variant's model runs Direct (route by target hostname) rather than Serial.
+    direct: bool
     #: Pre-built response header naming the variant that served the request.
     response_header: bytes = b""
     #: Status line and variant header of every successful response, built once.
@@ -177,7 +179,6 @@ class VariantRoute:
 @dataclass(slots=True)
 class EndpointRoute:
     name: str
-    direct: bool
     variants: tuple[VariantRoute, ...]
     variants_by_name: dict[str, VariantRoute] = field(init=False)
     _cumulative_weights: list[float] = field(init=False)
@@ -193,11 +194,6 @@ class EndpointRoute:
         if total <= 0:
             return random.choice(self.variants)
         return random.choices(self.variants, cum_weights=self._cumulative_weights)[0]
-
-    def upstreams(self) -> Iterable[Upstream]:
-        for variant in self.variants:
-            for instance in variant.instances:
-                yield from instance.chain
 
 
 class RoutingTable:
@@ -518,10 +514,6 @@ class ConnectionPool:
         self.max_response_bytes = limits.max_response_body_bytes
         self.idle_timeout = limits.idle_connection_timeout_seconds
         self.connect_timeout = limits.connect_timeout_seconds
-
-    @property
-    def idle_count(self) -> int:
-        return len(self._idle)
 
     @property
     def waiting_count(self) -> int:
@@ -1738,7 +1730,7 @@ def _select(
         variant = route.pick_variant()
     instance = variant.next_instance()
     target = headers.target_container
-    if route.direct:
+    if variant.direct:
         if target is None:
             raise ValidationError(
                 f"Endpoint {route.name} uses Direct invocation: set TargetContainerHostname "

@@ -152,8 +152,8 @@ class Target:
             loop=self.loop,
         )
         instance = InstanceRoute("i-0", (upstream,), {"a": upstream})
-        variant = VariantRoute("AllTraffic", 1.0, (instance,))
-        self.server.table = RoutingTable([EndpointRoute(ENDPOINT, True, (variant,))])
+        variant = VariantRoute("AllTraffic", 1.0, (instance,), True)
+        self.server.table = RoutingTable([EndpointRoute(ENDPOINT, (variant,))])
 
     def close(self) -> None:
         self.server.close()

@@ -2,7 +2,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import deploy, direct_model, invoke, running_router, runtime_client
+from conftest import (
+    FAULT_IMAGE,
+    call_raising,
+    deploy,
+    direct_model,
+    invoke,
+    running_router,
+    runtime_client,
+)
 
 
 async def test_direct_echo_through_boto3(config_factory: Any) -> None:
@@ -33,3 +41,44 @@ async def test_endpoint_names_ignore_case_on_the_runtime_api(config_factory: Any
                 client, EndpointName=spelling, TargetContainerHostname="a", Body=b"x"
             )
             assert response["Body"] == b"x"
+
+
+async def test_each_variant_routes_by_its_own_models_mode(config_factory: Any) -> None:
+    """An endpoint whose variants deploy a Direct and a Serial model: the Direct rules apply to
+    the Direct variant only (the mode belongs to the variant's model, not to the endpoint)."""
+    async with running_router(config_factory()) as router:
+        router.create_model(direct_model("mixed-direct", ["a"]))
+        router.create_model({"ModelName": "mixed-serial", "Containers": [{"Image": FAULT_IMAGE}]})
+        router.create_endpoint_config(
+            {
+                "EndpointConfigName": "mixed",
+                "ProductionVariants": [
+                    {"VariantName": "Direct", "ModelName": "mixed-direct"},
+                    {"VariantName": "Serial", "ModelName": "mixed-serial"},
+                ],
+            }
+        )
+        await router.create_endpoint({"EndpointName": "mixed", "EndpointConfigName": "mixed"})
+        client = runtime_client(router)
+        direct = await invoke(
+            client,
+            EndpointName="mixed",
+            TargetVariant="Direct",
+            TargetContainerHostname="a",
+            Body=b"d",
+        )
+        assert (direct["Body"], direct["InvokedProductionVariant"]) == (b"d", "Direct")
+        serial = await invoke(client, EndpointName="mixed", TargetVariant="Serial", Body=b"s")
+        assert (serial["Body"], serial["InvokedProductionVariant"]) == (b"s", "Serial")
+        error = await call_raising(
+            client, EndpointName="mixed", TargetVariant="Direct", Body=b"no target"
+        )
+        assert isinstance(error, client.exceptions.ValidationError)
+        error = await call_raising(
+            client,
+            EndpointName="mixed",
+            TargetVariant="Serial",
+            TargetContainerHostname="a",
+            Body=b"target on serial",
+        )
+        assert isinstance(error, client.exceptions.ValidationError)
