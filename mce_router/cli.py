@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import dataplane
 from .config import Listener, RouterConfig
 from .errors import ConfigError, RouterError
 from .router import Router
@@ -176,10 +177,11 @@ async def _serve(config: RouterConfig, drain_seconds: float) -> None:
     await router.start()
     try:
         log.info(
-            "runtime API on %s, admin and control plane on %s, state in %s",
+            "runtime API on %s, admin and control plane on %s, state in %s; hot path: %s",
             router.runtime_url,
             router.admin_url,
             config.state_path,
+            dataplane.implementation(),
         )
         for name, state in router.endpoints.items():
             log.info("endpoint %s: %s", name, state.status)

@@ -25,7 +25,6 @@ ContainerLatency + OverheadLatency == held time, exactly.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import contextlib
 import math
@@ -44,18 +43,10 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from .dataplane.proxy import UpstreamObserver, VariantObserver
+from .dataplane.stats import LATENCY_BOUNDS, MINUTES_KEPT, CallMinute, CallStats
 
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"
 ENDPOINTS_NAMESPACE = "/aws/sagemaker/Endpoints"
-
-#: Histogram bounds in seconds: tens of microseconds to 60 s.
-LATENCY_BOUNDS: tuple[float, ...] = (
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
-_MINUTES_KEPT = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +71,7 @@ class MinuteSeries:
         self.total = 0.0
         self.low = math.inf
         self.high = -math.inf
-        self.history: collections.deque[MinuteDatum] = collections.deque(maxlen=_MINUTES_KEPT)
+        self.history: collections.deque[MinuteDatum] = collections.deque(maxlen=MINUTES_KEPT)
 
     def add(self, value: float, minute: int) -> None:
         if minute != self.minute:
@@ -110,114 +101,7 @@ class MinuteSeries:
         return result
 
 
-@dataclass(frozen=True, slots=True)
-class CallMinute:
-    """One minute of calls: what CloudWatch's five invocation metrics need."""
-
-    minute: int
-    count: int
-    errors_4xx: int
-    errors_5xx: int
-    latency_sum: float
-    latency_min: float
-    latency_max: float
-    overhead_sum: float
-    overhead_min: float
-    overhead_max: float
-
-
-class CallStats(UpstreamObserver, VariantObserver):
-    """Invocations, 4XX/5XX errors, a latency and OverheadLatency for one dimension set.
-
-    For a container the latency is ContainerLatency; for a variant it is ModelLatency. One flat
-    method per call keeps the hot-path cost to a few attribute updates: Prometheus totals and
-    buckets, plus the current minute's statistics for CloudWatch.
-    """
-
-    __slots__ = (
-        "count", "dimensions", "errors_4xx", "errors_5xx", "history", "latency_buckets",
-        "latency_sum", "m_4xx", "m_5xx", "m_count", "m_lat_max", "m_lat_min", "m_lat_sum",
-        "m_ovh_max", "m_ovh_min", "m_ovh_sum", "minute", "minute_end", "overhead_buckets",
-        "overhead_sum",
-    )  # fmt: skip
-
-    def __init__(self, *dimensions: str) -> None:
-        self.dimensions = dimensions
-        self.count = 0
-        self.errors_4xx = 0
-        self.errors_5xx = 0
-        self.latency_sum = 0.0
-        self.overhead_sum = 0.0
-        self.latency_buckets = [0] * (len(LATENCY_BOUNDS) + 1)
-        self.overhead_buckets = [0] * (len(LATENCY_BOUNDS) + 1)
-        self.history: collections.deque[CallMinute] = collections.deque(maxlen=_MINUTES_KEPT)
-        self.minute = 0
-        self.minute_end = 0.0
-        self._reset_minute()
-
-    def _reset_minute(self) -> None:
-        self.m_count = self.m_4xx = self.m_5xx = 0
-        self.m_lat_sum = self.m_ovh_sum = 0.0
-        self.m_lat_min = self.m_ovh_min = math.inf
-        self.m_lat_max = self.m_ovh_max = -math.inf
-
-    def record(self, status: int, latency: float, overhead: float) -> None:
-        now = _time()
-        if now >= self.minute_end:
-            self.roll(now)
-        self.count += 1
-        self.m_count += 1
-        if status >= 400 or status == 0:
-            # A call without a valid status (refused, broken, timed out) counts as a 5XX.
-            if status < 500 and status != 0:
-                self.errors_4xx += 1
-                self.m_4xx += 1
-            else:
-                self.errors_5xx += 1
-                self.m_5xx += 1
-        self.latency_sum += latency
-        self.overhead_sum += overhead
-        self.latency_buckets[_bisect(LATENCY_BOUNDS, latency)] += 1
-        self.overhead_buckets[_bisect(LATENCY_BOUNDS, overhead)] += 1
-        self.m_lat_sum += latency
-        self.m_ovh_sum += overhead
-        if latency < self.m_lat_min:
-            self.m_lat_min = latency
-        if latency > self.m_lat_max:
-            self.m_lat_max = latency
-        if overhead < self.m_ovh_min:
-            self.m_ovh_min = overhead
-        if overhead > self.m_ovh_max:
-            self.m_ovh_max = overhead
-
-    # The proxy's two observer seams are the same record here.
-    container_call = record
-    invocation = record
-
-    def roll(self, now: float) -> None:
-        if self.m_count:
-            self.history.append(self._current())
-        self.minute = int(now // 60)
-        self.minute_end = (self.minute + 1) * 60.0
-        self._reset_minute()
-
-    def _current(self) -> CallMinute:
-        return CallMinute(
-            self.minute, self.m_count, self.m_4xx, self.m_5xx, self.m_lat_sum, self.m_lat_min,
-            self.m_lat_max, self.m_ovh_sum, self.m_ovh_min, self.m_ovh_max,
-        )  # fmt: skip
-
-    def minutes(self, *, include_current: bool, now: float) -> list[CallMinute]:
-        if now >= self.minute_end:
-            self.roll(now)
-        result = list(self.history)
-        if include_current and self.m_count:
-            result.append(self._current())
-        return result
-
-
 _time = time.time
-_bisect = bisect.bisect_left
 
 
 def merge_minutes(per_source: Iterable[list[CallMinute]]) -> list[CallMinute]:

@@ -8,48 +8,85 @@ from __future__ import annotations
 
 from typing import Final
 
-# Headers forwarded to every container, with the spelling the container receives.
-FORWARDED: Final[dict[bytes, bytes]] = {
-    b"x-amzn-sagemaker-custom-attributes": b"X-Amzn-SageMaker-Custom-Attributes",
-    b"x-amzn-sagemaker-inference-id": b"X-Amzn-SageMaker-Inference-Id",
-    b"x-amzn-sagemaker-enable-explanations": b"X-Amzn-SageMaker-Enable-Explanations",
-    b"x-amzn-sagemaker-target-model": b"X-Amzn-SageMaker-Target-Model",
-    b"x-amzn-sagemaker-session-id": b"X-Amzn-SageMaker-Session-Id",
+# Every header the router looks at gets a small integer code; the hot path classifies a name with
+# one dict lookup and then switches on the code (all other headers: IGNORED).
+IGNORED: Final = 0
+HOST: Final = 1
+CONTENT_LENGTH: Final = 2
+CONTENT_TYPE: Final = 3
+ACCEPT: Final = 4
+TARGET_CONTAINER: Final = 5
+TARGET_VARIANT: Final = 6
+TRANSFER_ENCODING: Final = 7
+CONNECTION: Final = 8
+EXPECT: Final = 9
+CUSTOM_ATTRIBUTES: Final = 10
+INFERENCE_ID: Final = 11
+ENABLE_EXPLANATIONS: Final = 12
+TARGET_MODEL: Final = 13
+SESSION_ID: Final = 14
+
+#: Headers forwarded to every container, with the spelling the container receives.
+FORWARDED: Final[dict[int, bytes]] = {
+    CUSTOM_ATTRIBUTES: b"X-Amzn-SageMaker-Custom-Attributes",
+    INFERENCE_ID: b"X-Amzn-SageMaker-Inference-Id",
+    ENABLE_EXPLANATIONS: b"X-Amzn-SageMaker-Enable-Explanations",
+    TARGET_MODEL: b"X-Amzn-SageMaker-Target-Model",
+    SESSION_ID: b"X-Amzn-SageMaker-Session-Id",
 }
 
-CONTENT_TYPE: Final = b"content-type"
-ACCEPT: Final = b"accept"
-TARGET_CONTAINER: Final = b"x-amzn-sagemaker-target-container-hostname"
-TARGET_VARIANT: Final = b"x-amzn-sagemaker-target-variant"
-TRANSFER_ENCODING: Final = b"transfer-encoding"
+#: Code of every relevant header, by lower-cased name.
+CODES: Final[dict[bytes, int]] = {
+    b"host": HOST,
+    b"content-length": CONTENT_LENGTH,
+    b"content-type": CONTENT_TYPE,
+    b"accept": ACCEPT,
+    b"x-amzn-sagemaker-target-container-hostname": TARGET_CONTAINER,
+    b"x-amzn-sagemaker-target-variant": TARGET_VARIANT,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"connection": CONNECTION,
+    b"expect": EXPECT,
+    **{name.lower(): code for code, name in FORWARDED.items()},
+}
 
-# Headers that must appear at most once: a second copy makes the request ambiguous.
-SINGLETONS: Final = frozenset(
-    {
-        b"host",
-        b"content-length",
-        CONTENT_TYPE,
-        ACCEPT,
-        TARGET_CONTAINER,
-        TARGET_VARIANT,
-        TRANSFER_ENCODING,
-        *FORWARDED,
-    }
+# The names as clients usually spell them (boto3, the SDKs, curl, wrk), relevant or not, so that
+# most headers are classified without lower-casing them first; any other spelling falls back to
+# CODES. Each entry is checked against CODES below.
+_USUAL_SPELLINGS: Final = (
+    b"Host", b"Content-Length", b"Content-Type", b"Accept", b"Transfer-Encoding",
+    b"Connection", b"Expect", b"X-Amzn-SageMaker-Target-Container-Hostname",
+    b"X-Amzn-SageMaker-Target-Variant", *FORWARDED.values(), b"User-Agent",
+    b"Accept-Encoding", b"Authorization", b"X-Amz-Date", b"X-Amz-Security-Token",
+    b"X-Amz-Content-SHA256", b"amz-sdk-invocation-id", b"amz-sdk-request", b"Keep-Alive",
+)  # fmt: skip
+_BY_SPELLING: Final[dict[bytes, int]] = {
+    **CODES,
+    **{name: CODES.get(name.lower(), IGNORED) for name in _USUAL_SPELLINGS},
+}
+
+# Headers that must appear at most once (a second copy makes the request ambiguous), as a bit
+# mask over codes.
+_SINGLETON_MASK: Final = sum(
+    1 << code for code in set(CODES.values()) if code not in (CONNECTION, EXPECT)
 )
 
-#: Every (lower-cased) header name the router looks at; the hot path ignores all others.
-RELEVANT: Final = frozenset({*SINGLETONS, b"connection", b"expect"})
+
+def classify(name: bytes) -> int:
+    """The code of a header name (any letter case); IGNORED for the headers the router drops."""
+    code = _BY_SPELLING.get(name)
+    if code is None:
+        code = CODES.get(name.lower(), IGNORED)
+    return code
+
 
 CUSTOM_ATTRIBUTES_MAX: Final = 1024
 INFERENCE_ID_MAX: Final = 64
-_CUSTOM_ATTRIBUTES: Final = FORWARDED[b"x-amzn-sagemaker-custom-attributes"]
-_INFERENCE_ID: Final = FORWARDED[b"x-amzn-sagemaker-inference-id"]
 
 
 class RequestHeaders:
     """The headers of one client request, reduced to what the router uses.
 
-    ``add`` (or ``add_lower`` with the name already lower-cased) is called per header and
+    ``add`` (or ``add_code`` with the name already classified) is called per header and
     ``finish`` once at the end of the head; both return a problem description (answered with
     400) or None. When ``finish`` leaves ``version_sensitive`` set, the caller also asks
     :meth:`check_version` (rare: a chunked request or one without Host).
@@ -58,7 +95,7 @@ class RequestHeaders:
     __slots__ = (
         "_connection_tokens",
         "_forwarded",
-        "_seen",
+        "_seen_mask",
         "accept",
         "accept_block",
         "chunked",
@@ -72,8 +109,8 @@ class RequestHeaders:
     )
 
     def __init__(self) -> None:
-        self._seen: list[bytes] = []
-        self._forwarded: list[tuple[bytes, bytes]] | None = None
+        self._seen_mask = 0  # bit 1 << code of every singleton header seen
+        self._forwarded: list[tuple[int, bytes]] | None = None
         self._connection_tokens: list[bytes] | None = None
         self.content_type: bytes | None = None
         self.accept: bytes | None = None
@@ -87,42 +124,45 @@ class RequestHeaders:
         self.accept_block = b""
 
     def add(self, name: bytes, value: bytes) -> str | None:
-        lname = name.lower()
-        if lname not in RELEVANT:
+        code = classify(name)
+        if code == IGNORED:
             return None
-        return self.add_lower(lname, name, value)
+        return self.add_code(code, name, value)
 
-    def add_lower(self, lname: bytes, name: bytes, value: bytes) -> str | None:
-        if lname in SINGLETONS:
-            if lname in self._seen:
+    def add_code(self, code: int, name: bytes, value: bytes) -> str | None:
+        bit = 1 << code
+        if bit & _SINGLETON_MASK:
+            if self._seen_mask & bit:
                 return f"The header {name.decode('latin-1')} appears more than once."
-            self._seen.append(lname)
-        if lname == CONTENT_TYPE:
+            self._seen_mask |= bit
+        if code == CONTENT_TYPE:
             self.content_type = value
-        elif lname == ACCEPT:
-            self.accept = value
-        elif lname == b"content-length":
+        elif code == CONTENT_LENGTH:
             # llhttp has validated the digits already; keep the number for the early 413.
             self.content_length = int(value)
-        elif lname == TARGET_CONTAINER:
+        elif code == TARGET_CONTAINER:
             self.target_container = value.decode("latin-1")
-        elif lname in FORWARDED:
+        elif code == HOST:
+            pass  # only its presence matters (check_version)
+        elif code == ACCEPT:
+            self.accept = value
+        elif code >= CUSTOM_ATTRIBUTES:
             if self._forwarded is None:
                 self._forwarded = []
-            self._forwarded.append((FORWARDED[lname], value))
-        elif lname == TARGET_VARIANT:
+            self._forwarded.append((code, value))
+        elif code == TARGET_VARIANT:
             self.target_variant = value.decode("latin-1")
-        elif lname == b"connection":
+        elif code == CONNECTION:
             if self._connection_tokens is None:
                 self._connection_tokens = []
             self._connection_tokens.extend(
                 token.strip().lower() for token in value.split(b",") if token.strip()
             )
-        elif lname == b"expect":
+        elif code == EXPECT:
             if value.strip().lower() != b"100-continue":
                 return f"Unsupported Expect header value {value.decode('latin-1')!r}."
             self.expect_continue = True
-        elif lname == TRANSFER_ENCODING:
+        elif code == TRANSFER_ENCODING:
             # llhttp frames "gzip, chunked" as chunked and hands over the still-gzipped bytes;
             # a proxy must not forward a coding it did not undo (RFC 9112 §6.1).
             if value.strip(b" \t").lower() != b"chunked":
@@ -137,35 +177,35 @@ class RequestHeaders:
         forwarded = self._forwarded
         if self._connection_tokens is not None:
             # Headers listed in Connection are hop-by-hop for this request: never forward them.
-            hop = set(self._connection_tokens)
+            hop = {CODES.get(token, IGNORED) for token in self._connection_tokens}
             if forwarded is not None:
-                forwarded = [(n, v) for n, v in forwarded if n.lower() not in hop]
+                forwarded = [(code, v) for code, v in forwarded if code not in hop]
             if ACCEPT in hop:
                 self.accept = None
             if CONTENT_TYPE in hop:
                 self.content_type = None
-            if b"upgrade" in hop and (self.chunked or self.content_length):
+            if b"upgrade" in self._connection_tokens and (self.chunked or self.content_length):
                 # llhttp ends an upgrade request at its head and calls the body "the other
                 # protocol": it cannot be forwarded whole, so refuse it (a bodiless one is
                 # served as plain HTTP, the Upgrade ignored, then the connection closes).
                 return "A request with a body cannot ask for a protocol upgrade."
         if forwarded:
             parts = []
-            for name, value in forwarded:
-                if name is _CUSTOM_ATTRIBUTES and (
+            for code, value in forwarded:
+                if code == CUSTOM_ATTRIBUTES and (
                     len(value) > CUSTOM_ATTRIBUTES_MAX or not _printable_ascii(value)
                 ):
                     return (
                         "CustomAttributes must be at most 1024 printable ASCII characters "
                         f"(got {len(value)} bytes)."
                     )
-                if name is _INFERENCE_ID and not 1 <= len(value) <= INFERENCE_ID_MAX:
+                if code == INFERENCE_ID and not 1 <= len(value) <= INFERENCE_ID_MAX:
                     return "InferenceId must be 1 to 64 characters long."
-                parts.append(name + b": " + value + b"\r\n")
+                parts.append(FORWARDED[code] + b": " + value + b"\r\n")
             self.forward_block = b"".join(parts)
         if self.accept is not None:
             self.accept_block = b"Accept: " + self.accept + b"\r\n"
-        self.version_sensitive = self.chunked or b"host" not in self._seen
+        self.version_sensitive = self.chunked or not self._seen_mask & (1 << HOST)
         return None
 
     def check_version(self, http_version: str) -> str | None:
@@ -175,7 +215,7 @@ class RequestHeaders:
                 # RFC 9112 §6.1: treat as faulty framing; a smuggling vector behind HTTP/1.0 hops.
                 return f"An HTTP/{http_version} request must not use Transfer-Encoding."
             return None
-        if b"host" not in self._seen:
+        if not self._seen_mask & (1 << HOST):
             return "An HTTP/1.1 request must carry a Host header (RFC 9112 §3.2)."
         return None
 

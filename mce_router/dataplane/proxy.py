@@ -25,7 +25,7 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -120,10 +120,8 @@ class Upstream:
         return f"<Upstream {self.endpoint_name}/{self.container_name} {self.host}:{self.port}>"
 
 
-class UpstreamObserver:
+class UpstreamObserver(Protocol):
     """Receives one call per finished container call; metrics subscribe through this seam."""
-
-    __slots__ = ()
 
     def container_call(self, status: int, latency: float, overhead: float) -> None:
         """``status`` is the container's HTTP status, 0 when it gave none (refused, broken,
@@ -131,10 +129,8 @@ class UpstreamObserver:
         to this stage, both in seconds."""
 
 
-class VariantObserver:
+class VariantObserver(Protocol):
     """Receives one call per finished invocation of a variant."""
-
-    __slots__ = ()
 
     def invocation(self, status: int, latency: float, overhead: float) -> None:
         """``status`` is the status of the last container call (0: no valid answer), or the
@@ -249,6 +245,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "_reason",
         "_stall_bytes",
+        "_status",
         "_waiter",
         "closed",
         "idle_since",
@@ -280,6 +277,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._framed = False  # Content-Length or chunked: the body end is known without EOF
         self._headers_done = False
         self._stall_bytes = 0
+        self._status = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -358,6 +356,11 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._headers_done:
             return  # a trailer field: never taken for a header (RFC 9110 §6.5.1)
+        size = len(name)
+        # Content-Type, Content-Length, Transfer-Encoding, X-Amzn-SageMaker-Custom-Attributes:
+        # the length alone skips Server, Date, Connection, ... without lower-casing them.
+        if size != 12 and size != 14 and size != 17 and size != 34:
+            return
         lname = name.lower()
         if lname == b"content-type":
             self._content_type = value
@@ -368,7 +371,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
-        status = self._parser.get_status_code()
+        status = self._status = self._parser.get_status_code()
         if status == 204 or status == 304 or 100 <= status < 200:
             self._framed = True
 
@@ -383,7 +386,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._done is not None:
             return  # a surplus response (see on_message_begin): dropped with the connection
-        status = self._parser.get_status_code()
+        status = self._status
         if status < 200:
             # An interim 1xx (100 Continue, 103 Early Hints): skipped, the final answer follows
             # (RFC 9110 §15.2). A 101 with Upgrade ends in HttpParserUpgrade instead.
@@ -552,7 +555,7 @@ class ConnectionPool:
         if len(self._idle) >= self.max_idle or not self.upstream.available:
             conn.close()
             return
-        conn.idle_since = self._loop.time()
+        conn.idle_since = _clock()
         self._idle.append(conn)
         if self._idle_timer is None:
             self._idle_timer = self._loop.call_later(self.idle_timeout, self._sweep_idle)
@@ -619,7 +622,7 @@ class ConnectionPool:
 
     def _sweep_idle(self) -> None:
         self._idle_timer = None
-        cutoff = self._loop.time() - self.idle_timeout
+        cutoff = _clock() - self.idle_timeout
         keep: list[UpstreamConnection] = []
         for conn in self._idle:
             if conn.idle_since <= cutoff or conn.closed:
@@ -647,7 +650,6 @@ class Invocation:
         "_final_latency",
         "_final_observer",
         "_final_overhead",
-        "_mark",
         "_orphaned",
         "_stage",
         "_stage_started",
@@ -661,6 +663,7 @@ class Invocation:
         "deadline",
         "forward_block",
         "keep_alive",
+        "last_mark",
         "model_seconds",
         "model_status",
         "received_at",
@@ -694,7 +697,7 @@ class Invocation:
         self.model_status = -1  # no container called yet
         # Metrics bookkeeping: the last instant accounted for, and the final call's numbers,
         # which get the time spent answering the client added when the response is written.
-        self._mark = received_at
+        self.last_mark = received_at
         self._final_observer: UpstreamObserver | None = None
         self._final_latency = 0.0
         self._final_overhead = 0.0
@@ -722,7 +725,9 @@ class Invocation:
             )
             return
         self._state = _STATE_WAITING
-        self.deadline = _clock() + self.client.server.queue_wait
+        # From the last instant accounted for (receipt, or the previous stage's end), a few
+        # microseconds ago: one clock read fewer per request.
+        self.deadline = self.last_mark + self.client.server.queue_wait
         upstream.pool.acquire(self)
 
     # ConnectionPool callbacks
@@ -827,8 +832,8 @@ class Invocation:
     def _end_call(self, upstream: Upstream, status: int, started: float, *, final: bool) -> None:
         now = _clock()
         latency = now - started
-        overhead = started - self._mark
-        self._mark = now
+        overhead = started - self.last_mark
+        self.last_mark = now
         self.model_seconds += latency
         self.model_status = status
         observer = upstream.observer
@@ -847,7 +852,7 @@ class Invocation:
         final = self._final_observer
         if final is not None:
             final.container_call(
-                self.model_status, self._final_latency, self._final_overhead + now - self._mark
+                self.model_status, self._final_latency, self._final_overhead + now - self.last_mark
             )
         observer = self.variant.observer
         if observer is not None:
@@ -1036,10 +1041,9 @@ class RuntimeServer:
             self._sweeper = None
 
     def _sweep(self) -> None:
-        now = self.loop.time()
         clock_now = _clock()
         for conn in list(self.connections):
-            if conn.deadline <= now:
+            if conn.deadline <= clock_now:
                 conn.deadline_passed()
             current = conn.current
             if current is not None and current.deadline <= clock_now:
@@ -1060,7 +1064,6 @@ class _RequestRejected(Exception):
 
 _PENDING_LIMIT: Final = 8  # pipelined requests parsed ahead before reading pauses
 _NO_DEADLINE: Final = float("inf")
-_RELEVANT = hdr.RELEVANT
 
 
 class ClientConnection(asyncio.Protocol):
@@ -1077,6 +1080,7 @@ class ClientConnection(asyncio.Protocol):
         "_pending",
         "_problem",
         "_raw_headers",
+        "_read_at",
         "_serving_pending",
         "_signature",
         "_stopped",
@@ -1111,6 +1115,7 @@ class ClientConnection(asyncio.Protocol):
         self._signature: PendingSignature | None = None
         self.closing = False
         self.deadline = _NO_DEADLINE
+        self._read_at = 0.0
         self._in_head = False
         self._head_bytes = 0
         self._field_bytes = 0
@@ -1145,7 +1150,7 @@ class ClientConnection(asyncio.Protocol):
         self.server.connections.add(self)
         # A new connection owes its first request head within the header deadline (as nginx's
         # client_header_timeout); the longer keep-alive wait applies between requests only.
-        self.deadline = self.loop.time() + self.server.header_timeout
+        self.deadline = _clock() + self.server.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -1165,6 +1170,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # answered and closing: what the client still sends is discarded
+        self._read_at = _clock()  # the base of the deadlines the parser callbacks set
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -1211,7 +1217,7 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._write_blocked = True
         # The client must read what it was sent by the keep-alive deadline.
-        self.deadline = self.loop.time() + self.server.keepalive_timeout
+        self.deadline = _clock() + self.server.keepalive_timeout
 
     def resume_writing(self) -> None:
         self._write_blocked = False
@@ -1220,7 +1226,7 @@ class ClientConnection(asyncio.Protocol):
         if self._pending and self.current is None:
             self._serve_pending()
         elif not self._in_head and self.current is None:
-            self.deadline = self.loop.time() + self.server.keepalive_timeout
+            self.deadline = _clock() + self.server.keepalive_timeout
 
     # httptools callbacks: only cheap bookkeeping here, the work happens once per request
     def on_message_begin(self) -> None:
@@ -1236,7 +1242,7 @@ class ClientConnection(asyncio.Protocol):
         if self.server.guard is not None:
             self._raw_headers = []
             self._signature = None
-        self.deadline = self.loop.time() + self.server.header_timeout
+        self.deadline = self._read_at + self.server.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -1249,11 +1255,11 @@ class ClientConnection(asyncio.Protocol):
         raw = self._raw_headers
         if raw is not None and self._in_head:
             raw.append((name, value))
-        lname = name.lower()
+        code = hdr.classify(name)
         # Not _in_head: a trailer field after a chunked body, discarded (RFC 9110 §6.5.1), so
         # no trailer can pick the target or the Content-Type.
-        if lname in _RELEVANT and self._problem is None and self._in_head:
-            problem = self._headers.add_lower(lname, name, value)
+        if code != hdr.IGNORED and self._problem is None and self._in_head:
+            problem = self._headers.add_code(code, name, value)
             if problem is not None:
                 self._problem = MalformedRequest(problem)
 
@@ -1282,7 +1288,7 @@ class ClientConnection(asyncio.Protocol):
             raise _RequestRejected(too_large)
         if server.guard is not None:
             self._begin_signature(server.guard)
-        self.deadline = self.loop.time() + server.body_timeout
+        self.deadline = self._read_at + server.body_timeout
         if headers.expect_continue and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -1479,7 +1485,7 @@ class ClientConnection(asyncio.Protocol):
         head = (
             invocation.variant.ok_head,
             server.request_id_line(),
-            server.date.get(self.loop.time()),
+            server.date.get(invocation.last_mark),
             b"" if content_type is None else b"Content-Type: " + content_type + b"\r\n",
             b""
             if custom_attributes is None
@@ -1519,7 +1525,7 @@ class ClientConnection(asyncio.Protocol):
         if variant is not None:
             head.append(variant.response_header)
         head.append(self.server.request_id_line())
-        head.append(self.server.date.get(self.loop.time()))
+        head.append(self.server.date.get(_clock()))
         return wire.status, b"".join(head), wire.body()
 
     def _write_raw(self, head: bytes, body: bytes, keep_alive: bool) -> None:
@@ -1537,7 +1543,7 @@ class ClientConnection(asyncio.Protocol):
             if not self._serving_pending and not self._write_blocked:
                 self._serve_pending()
         elif not self._in_head:
-            self.deadline = self.loop.time() + self.server.keepalive_timeout
+            self.deadline = _clock() + self.server.keepalive_timeout
 
     def _serve_pending(self) -> None:
         """Serve queued pipelined requests in order, in a loop: answers written at once (/ping,
@@ -1557,7 +1563,7 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self._serving_pending = False
         if not self._pending and self.current is None and not self.closing and not self._in_head:
-            self.deadline = self.loop.time() + self.server.keepalive_timeout
+            self.deadline = _clock() + self.server.keepalive_timeout
 
     def _finish(self) -> None:
         """The last response is written: half-close after it and let the client read it whole.
@@ -1565,7 +1571,7 @@ class ClientConnection(asyncio.Protocol):
         which can destroy the response in flight (the 413/431 a client never sees). Whatever
         it still sends is discarded; by the keep-alive deadline the socket is aborted."""
         self.closing = True
-        self.deadline = self.loop.time() + self.server.keepalive_timeout
+        self.deadline = _clock() + self.server.keepalive_timeout
         transport = self.transport
         assert transport is not None
         if transport.can_write_eof():
