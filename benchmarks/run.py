@@ -60,6 +60,7 @@ from benchlib.stack import (
     router_config,
     router_log_problems,
     start_echo_container,
+    start_lean_proxy,
     start_nginx,
     start_router,
 )
@@ -84,6 +85,9 @@ class Stack:
     proxy_port: int = 0
     proxy_echo_port: int = 0
     router_port: int = 0
+    #: The lean reference proxy and the router with its hot path as Python source.
+    lean_port: int = 0
+    pure_port: int = 0
     processes: dict[str, Managed] = field(default_factory=dict)
     #: variant name -> {"status": ..., "on_port": ..., "off_port": ...}
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -98,14 +102,16 @@ class Stack:
 
 
 def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofile: int) -> Stack:
-    # 15 origin ports, echo container, 2 nginx proxy ports, router + admin, 2 routers per variant.
-    ports = free_ports(15 + 1 + 2 + 2 + 4 * len(VARIANTS))
+    # 15 origin ports, echo container, 2 nginx proxy ports, router + admin, lean proxy, pure-Python
+    # router + admin, 2 routers per variant.
+    ports = free_ports(15 + 1 + 2 + 2 + 3 + 4 * len(VARIANTS))
     stack = Stack(workdir, procs)
     stack.origin_ports = ports[:15]
     stack.echo_port = ports[15]
     stack.proxy_port, stack.proxy_echo_port = ports[16], ports[17]
     stack.router_port, router_admin = ports[18], ports[19]
-    spare = ports[20:]
+    stack.lean_port, stack.pure_port, pure_admin = ports[20], ports[21], ports[22]
+    spare = ports[23:]
 
     for name, size in (("small", len(REQUEST_BODY)), ("1m", MIB), ("6m", 6 * MIB)):
         path = workdir / f"body-{name}.bin"
@@ -156,6 +162,21 @@ def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofil
     assert main.managed is not None
     stack.processes["router"] = main.managed
     log(f"mce-router on {stack.router_port} (pid {main.managed.pid}), CPU {PROXY_CPU}")
+    # The same router with its hot path run from the Python source instead of the compiled
+    # modules: what compiling buys.
+    pure = start_router(
+        procs,
+        "router-pure",
+        router_config(stack.origin_ports, stack.echo_port, endpoints=("direct",)),
+        port=stack.pure_port,
+        admin_port=pure_admin,
+        env={"MCE_ROUTER_PURE_PYTHON": "1"},
+    )
+    assert pure.managed is not None
+    stack.processes["router-pure"] = pure.managed
+    log(f"mce-router, pure-Python hot path, on {stack.pure_port}, CPU {PROXY_CPU}")
+    stack.processes["lean"] = start_lean_proxy(procs, stack.lean_port, stack.origin_ports[0])
+    log(f"lean reference proxy on {stack.lean_port}, CPU {PROXY_CPU}")
 
     if not args.no_variants:
         for variant, (on_port, on_admin, off_port, off_admin) in zip(
@@ -344,6 +365,23 @@ def build_cases(stack: Stack, args: argparse.Namespace) -> list[Case]:
             c,
             targets=("origin",),
             proxy="router",
+        ),
+        small_case(
+            "c64.router-pure",
+            "throughput",
+            "router-pure",
+            stack.router_url("direct", stack.pure_port),
+            c,
+            targets=("origin",),
+            proxy="router-pure",
+        ),
+        small_case(
+            "c64.lean",
+            "throughput",
+            "lean",
+            f"http://{HOST}:{stack.lean_port}/invocations",
+            c,
+            proxy="lean",
         ),
         small_case(
             "c64.router-serial3",
@@ -972,6 +1010,12 @@ def collect_meta(args: argparse.Namespace) -> dict[str, Any]:
     wrk = which("wrk")
     versions["wrk"] = (
         command_output([wrk, "-v"]).split("[")[0].replace("wrk", "").strip() if wrk else "missing"
+    )
+    versions["router hot path"] = (
+        command_output(
+            [sys.executable, "-c", "import mce_router.dataplane as d; print(d.implementation())"]
+        ).strip()
+        or "unknown"
     )
     for dist in ("mce-router", "uvloop", "httptools", "aiohttp"):
         try:

@@ -101,6 +101,9 @@ def derive(
     d["rps_router_over_nginx"] = _ratio(g("c64.router", "rps"), g("c64.nginx", "rps"))
     d["rps_router_over_direct"] = _ratio(g("c64.router", "rps"), g("c64.origin", "rps"))
     d["rps_nginx_over_direct"] = _ratio(g("c64.nginx", "rps"), g("c64.origin", "rps"))
+    d["rps_lean_over_nginx"] = _ratio(g("c64.lean", "rps"), g("c64.nginx", "rps"))
+    d["rps_router_over_lean"] = _ratio(g("c64.router", "rps"), g("c64.lean", "rps"))
+    d["rps_router_over_pure"] = _ratio(g("c64.router", "rps"), g("c64.router-pure", "rps"))
     d["cpu_router_over_nginx"] = _ratio(
         g("c64.router", "cpu_us_per_req"), g("c64.nginx", "cpu_us_per_req")
     )
@@ -170,7 +173,9 @@ def targets(derived: dict[str, Any], idle: dict[str, Any] | None) -> list[dict[s
         "Direct throughput >= 0.8 x nginx",
         r,
         None if r is None else r >= 0.8,
-        f"{_x(r)} (CPU per request {_x(cpu_ratio)} nginx's)",
+        f"{_x(r)} (CPU per request {_x(cpu_ratio)} nginx's; the featureless lean Python "
+        f"proxy: {_x(derived.get('rps_lean_over_nginx'))}; router hot path as Python source: "
+        f"{_x(_ratio(r, derived.get('rps_router_over_pure')))})",
     )
     v = derived.get("added_p50_router_minus_nginx_us")
     add(
@@ -254,6 +259,8 @@ LABELS = {
     "router": "router, Direct",
     "router-serial3": "router, Serial through 3",
     "router-direct15": "router, Direct over 15 containers (round-robin)",
+    "router-pure": "router, Direct, hot path run as Python source (MCE_ROUTER_PURE_PYTHON=1)",
+    "lean": "lean reference proxy: ~100 lines of Python, no features (reference/lean_proxy.py)",
     "echo-direct": "direct to Python echo container",
     "echo-nginx": "nginx proxy -> Python echo container",
     "echo-router": "router, Direct -> Python echo container",

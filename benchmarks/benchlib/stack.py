@@ -111,6 +111,17 @@ def start_nginx(
     return managed
 
 
+def start_lean_proxy(procs: Processes, port: int, origin_port: int) -> Managed:
+    """The featureless reference proxy (benchmarks/reference/lean_proxy.py) on the proxy CPU."""
+    managed = procs.spawn(
+        "lean-proxy",
+        [sys.executable, str(HERE / "reference" / "lean_proxy.py"), str(port), str(origin_port)],
+        cpu=PROXY_CPU,
+    )
+    wait_http_ok(HOST, port, "/ping", 15.0, managed)
+    return managed
+
+
 def start_echo_container(procs: Processes, port: int) -> Managed:
     env = {
         **os.environ,
@@ -215,6 +226,7 @@ def start_router(
     admin_port: int,
     timeout: float = 90.0,
     feature_key: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> RouterStart:
     """Start ``mce-router serve`` pinned to the proxy CPU; wait for its ready line.
 
@@ -240,7 +252,14 @@ def start_router(
         "--drain-seconds",
         "1",
     ]
-    managed = procs.spawn(name, cmd, cpu=PROXY_CPU, stdout_path=stdout_path, grace=10.0)
+    managed = procs.spawn(
+        name,
+        cmd,
+        cpu=PROXY_CPU,
+        stdout_path=stdout_path,
+        grace=10.0,
+        env=None if env is None else {**os.environ, **env},
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if "mce-router ready" in _read(stdout_path):
