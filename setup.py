@@ -1,7 +1,7 @@
 """Build script: everything is declared in pyproject.toml except the compiled hot path.
 
 The data plane (``mce_router/dataplane/proxy.py`` and ``headers.py``) is compiled to C with
-mypyc when a C compiler is present: the same typed source, about 1.4x the requests per CPU
+mypyc when a C compiler is present: the same typed source, about 1.5x the requests per CPU
 second (README "Performance"). Without a compiler the package installs as plain Python and
 works the same, only slower. ``MCE_ROUTER_BUILD`` chooses:
 
