@@ -725,9 +725,7 @@ class Invocation:
             )
             return
         self._state = _STATE_WAITING
-        # From the last instant accounted for (receipt, or the previous stage's end), a few
-        # microseconds ago: one clock read fewer per request.
-        self.deadline = self.last_mark + self.client.server.queue_wait
+        self.deadline = _clock() + self.client.server.queue_wait
         upstream.pool.acquire(self)
 
     # ConnectionPool callbacks
