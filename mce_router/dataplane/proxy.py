@@ -49,8 +49,10 @@ from ..errors import (
 from ..security import Guard, PendingSignature
 from . import headers as hdr
 
-# Latencies use perf_counter: uvloop's loop.time() only advances in whole milliseconds.
-_clock = time.perf_counter
+# Latencies use perf_counter: uvloop's loop.time() only advances in whole milliseconds. Final: the
+# compiled module holds it in a C static instead of looking it up in its globals on every read.
+# One read serves every deadline and measurement of the same instant (a read costs ~70 ns).
+_clock: Final = time.perf_counter
 
 # ----------------------------------------------------------------------------------------------
 # Routing table: immutable, built per configuration load, swapped atomically by the router.
@@ -123,19 +125,20 @@ class Upstream:
 class UpstreamObserver(Protocol):
     """Receives one call per finished container call; metrics subscribe through this seam."""
 
-    def container_call(self, status: int, latency: float, overhead: float) -> None:
+    def container_call(self, status: int, latency: float, overhead: float, now: float) -> None:
         """``status`` is the container's HTTP status, 0 when it gave none (refused, broken,
         timed out); ``latency`` is ContainerLatency and ``overhead`` the router time attributed
-        to this stage, both in seconds."""
+        to this stage, both in seconds; ``now`` is the perf_counter instant it was accounted."""
 
 
 class VariantObserver(Protocol):
     """Receives one call per finished invocation of a variant."""
 
-    def invocation(self, status: int, latency: float, overhead: float) -> None:
+    def invocation(self, status: int, latency: float, overhead: float, now: float) -> None:
         """``status`` is the status of the last container call (0: no valid answer), or the
         router's own status when no container was called (503, 429); ``latency`` is ModelLatency
-        (the sum of ContainerLatency) and ``overhead`` OverheadLatency, in seconds."""
+        (the sum of ContainerLatency) and ``overhead`` OverheadLatency, in seconds; ``now`` as
+        for ``container_call``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,13 +525,14 @@ class ConnectionPool:
     def waiting_count(self) -> int:
         return len(self._waiting)
 
-    def acquire(self, waiter: Invocation, *, fresh: bool = False) -> None:
-        """Give ``waiter`` a connection now, or as soon as one is free; ``fresh`` skips idle."""
+    def acquire(self, waiter: Invocation, now: float, *, fresh: bool = False) -> None:
+        """Give ``waiter`` a connection now, or as soon as one is free; ``fresh`` skips idle.
+        ``now``: the current perf_counter instant."""
         idle = self._idle
         while idle and not fresh:
             conn = idle.pop()
             if conn.reusable and not conn.closed:
-                waiter.connection_ready(conn, reused=True)
+                waiter.connection_ready(conn, now, reused=True)
                 return
         if self.open_count < self.max_connections:
             self._open(waiter)
@@ -543,19 +547,19 @@ class ConnectionPool:
                 )
             )
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamConnection, now: float) -> None:
         if not conn.reusable or conn.closed:
             conn.close()
             return
         while self._waiting:
             waiter = self._waiting.popleft()
             if waiter.wants_connection():
-                waiter.connection_ready(conn, reused=True)
+                waiter.connection_ready(conn, now, reused=True)
                 return
         if len(self._idle) >= self.max_idle or not self.upstream.available:
             conn.close()
             return
-        conn.idle_since = _clock()
+        conn.idle_since = now
         self._idle.append(conn)
         if self._idle_timer is None:
             self._idle_timer = self._loop.call_later(self.idle_timeout, self._sweep_idle)
@@ -616,9 +620,9 @@ class ConnectionPool:
             return
         conn = task.result()
         if waiter.wants_connection():
-            waiter.connection_ready(conn, reused=False)
+            waiter.connection_ready(conn, _clock(), reused=False)
         else:
-            self.release(conn)
+            self.release(conn, _clock())
 
     def _sweep_idle(self) -> None:
         self._idle_timer = None
@@ -711,10 +715,10 @@ class Invocation:
         # also bounds the wait for a free connection.
         self.deadline = _NO_DEADLINE  # set when a stage waits for or calls a container
 
-    def start(self) -> None:
-        self._call_stage()
+    def start(self, now: float) -> None:
+        self._call_stage(now)
 
-    def _call_stage(self) -> None:
+    def _call_stage(self, now: float) -> None:
         upstream = self.chain[self._stage]
         if not upstream.available:
             self._finish_error(
@@ -725,30 +729,31 @@ class Invocation:
             )
             return
         self._state = _STATE_WAITING
-        self.deadline = _clock() + self.client.server.queue_wait
-        upstream.pool.acquire(self)
+        self.deadline = now + self.client.server.queue_wait
+        upstream.pool.acquire(self, now)
 
     # ConnectionPool callbacks
     def wants_connection(self) -> bool:
         return self._state == _STATE_WAITING
 
-    def connection_ready(self, conn: UpstreamConnection, *, reused: bool) -> None:
+    def connection_ready(self, conn: UpstreamConnection, now: float, *, reused: bool) -> None:
         upstream = self.chain[self._stage]
-        content_type = self.content_type
+        server = self.client.server
         head = b"".join(
             (
                 upstream.request_head,
                 self.forward_block,
-                b"" if content_type is None else b"Content-Type: " + content_type + b"\r\n",
+                server.content_type_line(self.content_type),
                 self.accept_block if self._stage + 1 == len(self.chain) else b"",
-                b"Content-Length: %d\r\n\r\n" % self.body_size,
+                server.content_length_line(self.body_size),
+                b"\r\n",
             )
         )
         self._conn = conn
         self._attempt_reused = reused
         self._state = _STATE_SENT
-        started = self._stage_started = _clock()
-        self.deadline = started + self.client.server.invocation_timeout
+        self._stage_started = now
+        self.deadline = now + server.invocation_timeout
         conn.send(self, head, self.body)
 
     def pool_rejected(self, error: InvocationError) -> None:
@@ -758,14 +763,14 @@ class Invocation:
     # UpstreamConnection callbacks
     def upstream_response(self, conn: UpstreamConnection, response: UpstreamResponse) -> None:
         if self._state != _STATE_SENT or conn is not self._conn:
-            conn.pool.release(conn)
+            conn.pool.release(conn, _clock())
             return
         self._conn = None
         upstream = self.chain[self._stage]
-        conn.pool.release(conn)
         status = response.status
         ok = 200 <= status < 300
-        self._end_call(upstream, status, self._stage_started, final=not ok or self._is_last())
+        now = self._end_call(upstream, status, self._stage_started, final=not ok or self._is_last())
+        conn.pool.release(conn, now)
         if not ok:
             self._finish_error(_model_error(upstream, response))
             return
@@ -775,7 +780,7 @@ class Invocation:
             self.body = response.body
             self.body_size = response.body_size
             self.content_type = response.content_type
-            self._call_stage()
+            self._call_stage(now)
             return
         self._finish_ok(response)
 
@@ -789,7 +794,7 @@ class Invocation:
             # reached a live socket, so one retry on a fresh connection is safe.
             self._state = _STATE_WAITING
             self._attempt_reused = False
-            upstream.pool.acquire(self, fresh=True)
+            upstream.pool.acquire(self, _clock(), fresh=True)
             return
         # A failed connect never started a call: it counts as an instant failed call.
         started = self._stage_started if conn is not None else _clock()
@@ -827,7 +832,8 @@ class Invocation:
     def _is_last(self) -> bool:
         return self._stage + 1 == len(self.chain)
 
-    def _end_call(self, upstream: Upstream, status: int, started: float, *, final: bool) -> None:
+    def _end_call(self, upstream: Upstream, status: int, started: float, *, final: bool) -> float:
+        """Account a finished container call; returns the instant it ended."""
         now = _clock()
         latency = now - started
         overhead = started - self.last_mark
@@ -835,28 +841,29 @@ class Invocation:
         self.model_seconds += latency
         self.model_status = status
         observer = upstream.observer
-        if observer is None:
-            return
-        if final:
-            self._final_observer = observer
-            self._final_latency = latency
-            self._final_overhead = overhead
-        else:
-            observer.container_call(status, latency, overhead)
+        if observer is not None:
+            if final:
+                self._final_observer = observer
+                self._final_latency = latency
+                self._final_overhead = overhead
+            else:
+                observer.container_call(status, latency, overhead, now)
+        return now
 
-    def record(self, client_status: int) -> None:
-        """Report metrics once the response has been handed to the client socket."""
+    def record(self, client_status: int) -> float:
+        """Report metrics once the response has been handed to the client socket; returns the
+        instant that happened."""
         now = _clock()
         final = self._final_observer
         if final is not None:
-            final.container_call(
-                self.model_status, self._final_latency, self._final_overhead + now - self.last_mark
-            )
+            overhead = self._final_overhead + now - self.last_mark
+            final.container_call(self.model_status, self._final_latency, overhead, now)
         observer = self.variant.observer
         if observer is not None:
             model_status = self.model_status if self.model_status >= 0 else client_status
             held = now - self.received_at
-            observer.invocation(model_status, self.model_seconds, held - self.model_seconds)
+            observer.invocation(model_status, self.model_seconds, held - self.model_seconds, now)
+        return now
 
     def client_gone(self) -> bool:
         """The client disconnected. A request still waiting for a connection is dropped; one
@@ -963,6 +970,13 @@ class DateHeader:
         return self._value
 
 
+#: The last two hex digits of a request id and the line end, by value.
+_HEX_PAIR_LINES: Final = tuple(b"%02x\r\n" % low for low in range(256))
+#: Distinct Content-Length and Content-Type values (up to 128 bytes long) whose header lines a
+#: server keeps built: at most a few hundred KiB.
+_CACHED_LINES: Final = 1024
+
+
 class RuntimeServer:
     """Shared state of all client connections of one runtime listener.
 
@@ -1004,16 +1018,44 @@ class RuntimeServer:
         self.orphans: set[Invocation] = set()
         self.in_flight = 0
         self.accepting = True
-        self._request_ids = itertools.count(1)
         prefix = os.urandom(6).hex()
         self._request_id_head = f"x-amzn-RequestId: {prefix[:8]}-{prefix[8:12]}-4000-8000-".encode()
+        self._request_count = 0
+        # Request ids end in the 12-hex-digit request count: its first 10 digits change every
+        # 256 requests and are formatted then, the last 2 come from a table.
+        self._request_id_block = self._request_id_head + b"%010x" % 0
+        #: Header lines built per distinct value, not per request (bounded, see _cached_line).
+        self._content_length_lines: dict[int, bytes] = {}
+        self._content_type_lines: dict[bytes, bytes] = {}
         # Status line and headers only: _write_raw adds Content-Length (twice was a framing
         # error that strict clients, llhttp among them, reject).
         self.ping_response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
         self._sweeper: asyncio.TimerHandle | None = loop.call_later(self.SWEEP_SECONDS, self._sweep)
 
     def request_id_line(self) -> bytes:
-        return self._request_id_head + b"%012x\r\n" % next(self._request_ids)
+        count = self._request_count = self._request_count + 1
+        low = count & 0xFF
+        if low == 0:
+            self._request_id_block = self._request_id_head + b"%010x" % (count >> 8)
+        return self._request_id_block + _HEX_PAIR_LINES[low]
+
+    def content_length_line(self, size: int) -> bytes:
+        line = self._content_length_lines.get(size)
+        if line is None:
+            line = b"Content-Length: %d\r\n" % size
+            if len(self._content_length_lines) < _CACHED_LINES:
+                self._content_length_lines[size] = line
+        return line
+
+    def content_type_line(self, content_type: bytes | None) -> bytes:
+        if content_type is None:
+            return b""
+        line = self._content_type_lines.get(content_type)
+        if line is None:
+            line = b"Content-Type: " + content_type + b"\r\n"
+            if len(self._content_type_lines) < _CACHED_LINES and len(content_type) <= 128:
+                self._content_type_lines[content_type] = line
+        return line
 
     async def wait_idle(self) -> None:
         while self.in_flight:
@@ -1301,7 +1343,8 @@ class ClientConnection(asyncio.Protocol):
             self._signature.update(body)
 
     def on_message_complete(self) -> None:
-        received_at = _clock()
+        # The instant the read that completed the request arrived (microseconds ago at most).
+        received_at = self._read_at
         self.deadline = _NO_DEADLINE
         self._header_count = 0  # no request in progress: an idle timeout closes silently
         parser = self.parser
@@ -1322,6 +1365,7 @@ class ClientConnection(asyncio.Protocol):
                 self._body,
                 self._body_size,
                 parser.should_keep_alive(),
+                received_at,
                 received_at,
             )
             return
@@ -1380,7 +1424,10 @@ class ClientConnection(asyncio.Protocol):
         body_size: int,
         keep_alive: bool,
         received_at: float,
+        now: float,
     ) -> None:
+        """Route one request; ``now`` is the current instant (``received_at`` for a request
+        served as soon as it is read, later for one that waited behind pipelined ones)."""
         route = self.server.table.by_path.get(url)
         if route is None or method != b"POST":
             self._handle_other(
@@ -1407,7 +1454,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = invocation
         variant.in_flight += 1
         self.server.in_flight += 1
-        invocation.start()
+        invocation.start(now)
 
     def _handle(self, request: _ParsedRequest) -> None:
         if request.error is not None:  # a rejection queued behind pipelined requests
@@ -1421,6 +1468,7 @@ class ClientConnection(asyncio.Protocol):
             request.body_size,
             request.keep_alive,
             request.received_at,
+            _clock(),
         )
 
     def _handle_other(self, request: _ParsedRequest) -> None:
@@ -1478,17 +1526,16 @@ class ClientConnection(asyncio.Protocol):
             return
         keep_alive = invocation.keep_alive
         server = self.server
-        content_type = response.content_type
         custom_attributes = response.custom_attributes
         head = (
             invocation.variant.ok_head,
             server.request_id_line(),
             server.date.get(invocation.last_mark),
-            b"" if content_type is None else b"Content-Type: " + content_type + b"\r\n",
+            server.content_type_line(response.content_type),
             b""
             if custom_attributes is None
             else b"X-Amzn-SageMaker-Custom-Attributes: " + custom_attributes + b"\r\n",
-            b"Content-Length: %d\r\n" % response.body_size,
+            server.content_length_line(response.body_size),
             b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
         )
         body = response.body
@@ -1496,8 +1543,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(b"".join((*head, body[0])))
         else:
             self.transport.writelines([b"".join(head), *body])
-        invocation.record(200)
-        self._after_response(keep_alive)
+        self._after_response(keep_alive, invocation.record(200))
 
     def send_invocation_error(self, invocation: Invocation, error: RouterError) -> None:
         self.current = None
@@ -1531,9 +1577,10 @@ class ClientConnection(asyncio.Protocol):
             return
         tail = b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
         self.transport.write(head + b"Content-Length: %d\r\n" % len(body) + tail + body)
-        self._after_response(keep_alive)
+        self._after_response(keep_alive, _clock())
 
-    def _after_response(self, keep_alive: bool) -> None:
+    def _after_response(self, keep_alive: bool, now: float) -> None:
+        """``now``: the instant the response was written."""
         if not keep_alive or not self.server.accepting:
             self._finish()
             return
@@ -1541,7 +1588,7 @@ class ClientConnection(asyncio.Protocol):
             if not self._serving_pending and not self._write_blocked:
                 self._serve_pending()
         elif not self._in_head:
-            self.deadline = _clock() + self.server.keepalive_timeout
+            self.deadline = now + self.server.keepalive_timeout
 
     def _serve_pending(self) -> None:
         """Serve queued pipelined requests in order, in a loop: answers written at once (/ping,

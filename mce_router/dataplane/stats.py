@@ -5,7 +5,6 @@ native field updates instead of an interpreted method.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import math
 import time
@@ -48,7 +47,8 @@ class CallStats:
     __slots__ = (
         "count", "dimensions", "errors_4xx", "errors_5xx", "history", "latency_buckets",
         "latency_sum", "m_4xx", "m_5xx", "m_count", "m_lat_max", "m_lat_min", "m_lat_sum",
-        "m_ovh_max", "m_ovh_min", "m_ovh_sum", "minute", "minute_end", "overhead_buckets",
+        "m_ovh_max", "m_ovh_min", "m_ovh_sum", "minute", "minute_end", "minute_end_perf",
+        "overhead_buckets",
         "overhead_sum",
     )  # fmt: skip
 
@@ -64,6 +64,9 @@ class CallStats:
         self.history: collections.deque[CallMinute] = collections.deque(maxlen=MINUTES_KEPT)
         self.minute = 0
         self.minute_end = 0.0
+        #: ``minute_end`` on the hot path's perf_counter clock, so that recording a call needs
+        #: no clock read of its own (the proxy passes the instant it read anyway).
+        self.minute_end_perf = 0.0
         self._reset_minute()
 
     def _reset_minute(self) -> None:
@@ -72,10 +75,10 @@ class CallStats:
         self.m_lat_min = self.m_ovh_min = math.inf
         self.m_lat_max = self.m_ovh_max = -math.inf
 
-    def record(self, status: int, latency: float, overhead: float) -> None:
-        now = _time()
-        if now >= self.minute_end:
-            self.roll(now)
+    def record(self, status: int, latency: float, overhead: float, now: float) -> None:
+        """``now`` is the perf_counter instant of the call's end."""
+        if now >= self.minute_end_perf:
+            self.roll(_time())
         self.count += 1
         self.m_count += 1
         if status >= 400 or status == 0:
@@ -88,8 +91,8 @@ class CallStats:
                 self.m_5xx += 1
         self.latency_sum += latency
         self.overhead_sum += overhead
-        self.latency_buckets[_bisect(LATENCY_BOUNDS, latency)] += 1
-        self.overhead_buckets[_bisect(LATENCY_BOUNDS, overhead)] += 1
+        self.latency_buckets[_bucket(latency)] += 1
+        self.overhead_buckets[_bucket(overhead)] += 1
         self.m_lat_sum += latency
         self.m_ovh_sum += overhead
         if latency < self.m_lat_min:
@@ -102,18 +105,22 @@ class CallStats:
             self.m_ovh_max = overhead
 
     # The proxy's two observer seams (dataplane.proxy.UpstreamObserver and VariantObserver).
-    def container_call(self, status: int, latency: float, overhead: float) -> None:
-        self.record(status, latency, overhead)
+    def container_call(self, status: int, latency: float, overhead: float, now: float) -> None:
+        self.record(status, latency, overhead, now)
 
-    def invocation(self, status: int, latency: float, overhead: float) -> None:
-        self.record(status, latency, overhead)
+    def invocation(self, status: int, latency: float, overhead: float, now: float) -> None:
+        self.record(status, latency, overhead, now)
 
     def roll(self, now: float) -> None:
-        if self.m_count:
-            self.history.append(self._current())
-        self.minute = int(now // 60)
-        self.minute_end = (self.minute + 1) * 60.0
-        self._reset_minute()
+        """Start the minute of ``now`` (wall-clock seconds) if it is not the current one."""
+        if now >= self.minute_end:
+            if self.m_count:
+                self.history.append(self._current())
+            self.minute = int(now // 60)
+            self.minute_end = (self.minute + 1) * 60.0
+            self._reset_minute()
+        # Over one minute the two clocks drift by microseconds at most; re-anchored every roll.
+        self.minute_end_perf = _perf() + (self.minute_end - now)
 
     def _current(self) -> CallMinute:
         return CallMinute(
@@ -122,13 +129,24 @@ class CallStats:
         )  # fmt: skip
 
     def minutes(self, *, include_current: bool, now: float) -> list[CallMinute]:
-        if now >= self.minute_end:
-            self.roll(now)
+        self.roll(now)
         result = list(self.history)
         if include_current and self.m_count:
             result.append(self._current())
         return result
 
 
-_time = time.time
-_bisect = bisect.bisect_left
+def _bucket(seconds: float) -> int:
+    """Index of the first bound >= ``seconds`` (as bisect_left), len(LATENCY_BOUNDS) past the
+    last. A native loop from the smallest bound: typical latencies are found in a few steps,
+    where bisect compares boxed floats through the generic comparison."""
+    index = 0
+    for bound in LATENCY_BOUNDS:
+        if seconds <= bound:
+            return index
+        index += 1
+    return index
+
+
+_time: Final = time.time
+_perf: Final = time.perf_counter
