@@ -1,9 +1,11 @@
 """Build script: everything is declared in pyproject.toml except the compiled hot path.
 
-The data plane (``mce_router/dataplane/proxy.py`` and ``headers.py``) is compiled to C with
-mypyc when a C compiler is present: the same typed source, about 1.5x the requests per CPU
-second (README "Performance"). Without a compiler the package installs as plain Python and
-works the same, only slower. ``MCE_ROUTER_BUILD`` chooses:
+When a C compiler is present, the data plane (``mce_router/dataplane/{headers,proxy,response,
+stats}.py``) is compiled to C with mypyc, the same typed source, and the container-response
+reader is also built in C on the vendored llhttp (``_llresponse.c``; ``response.py`` has the
+Python reader it must match): together about twice the requests per CPU second (README
+"Performance"). Without a compiler the package installs as plain Python and works the same, only
+slower. ``MCE_ROUTER_BUILD`` chooses:
 
 - ``auto`` (default): compile when a C compiler works, otherwise warn and stay pure Python;
 - ``native``: compile or fail the install;
@@ -11,7 +13,8 @@ works the same, only slower. ``MCE_ROUTER_BUILD`` chooses:
 
 Next to the compiled modules the build writes ``_compiled_sources.json``, the SHA-256 of every
 source it compiled; ``mce_router.dataplane`` uses the Python source instead of a compiled module
-built from different source (an edited checkout that was not reinstalled).
+(or the Python reader instead of the C one) built from different source (an edited checkout that
+was not reinstalled).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 PACKAGE_DIR = "mce_router/dataplane"
-HOT_PATH = [f"{PACKAGE_DIR}/{name}.py" for name in ("headers", "proxy", "stats")]
+HOT_PATH = [f"{PACKAGE_DIR}/{name}.py" for name in ("headers", "proxy", "response", "stats")]
+NATIVE_READER = f"{PACKAGE_DIR}/_llresponse.c"
+LLHTTP = f"{PACKAGE_DIR}/vendor/llhttp"
 MANIFEST = "_compiled_sources.json"
 # The isolated build environment has none of the runtime dependencies: their types count as Any
 # for compilation (mypy --strict on the installed package is the type check that matters).
@@ -58,9 +63,21 @@ def _compiler_works() -> bool:
 
 
 def _source_hashes() -> dict[str, str]:
-    return {
-        Path(path).stem: hashlib.sha256((HERE / path).read_bytes()).hexdigest() for path in HOT_PATH
-    }
+    def digest(path: str) -> str:
+        return hashlib.sha256((HERE / path).read_bytes()).hexdigest()
+
+    hashes = {Path(path).stem: digest(path) for path in HOT_PATH}
+    hashes[Path(NATIVE_READER).name] = digest(NATIVE_READER)
+    return hashes
+
+
+def _native_reader() -> Any:
+    return Extension(
+        "mce_router.dataplane._llresponse",
+        sources=[NATIVE_READER, *(f"{LLHTTP}/src/{name}.c" for name in ("api", "http", "llhttp"))],
+        include_dirs=[f"{LLHTTP}/include"],
+        extra_compile_args=["-O3"],
+    )
 
 
 class BuildExtRecordingSources(build_ext):  # type: ignore[misc]
@@ -97,7 +114,8 @@ def _extensions() -> list[Any]:
         return []
     from mypyc.build import mypycify
 
-    return list(mypycify([*MYPY_FLAGS, *HOT_PATH], opt_level="3", group_name="mce_router_hotpath"))
+    compiled = mypycify([*MYPY_FLAGS, *HOT_PATH], opt_level="3", group_name="mce_router_hotpath")
+    return [*compiled, _native_reader()]
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExtRecordingSources})

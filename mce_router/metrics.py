@@ -2,9 +2,10 @@
 
 The hot path never touches prometheus-client: each :class:`~mce_router.dataplane.proxy.Upstream`
 and :class:`~mce_router.dataplane.proxy.VariantRoute` gets an observer object when the routing
-table is built, and the proxy calls it once per finished call with plain numbers. Observers keep
-slot-based accumulators (counts, sums, histogram buckets, and the current minute's
-SampleCount/Sum/Minimum/Maximum). Exports read them:
+table is built (a compiled :class:`~mce_router.dataplane.stats.CallStats`), and the proxy calls
+it once per finished call with plain numbers. Observers keep slot-based accumulators (counts,
+sums, histogram buckets, and the current minute's SampleCount/Sum/Minimum/Maximum). Exports read
+them:
 
 * ``GET /metrics``: Prometheus text, produced by a prometheus-client custom collector.
 * ``GET /metrics/cloudwatch``: PutMetricData datums per minute.
@@ -12,8 +13,8 @@ SampleCount/Sum/Minimum/Maximum). Exports read them:
 Observers are keyed by their dimensions and reused when a deployment is replaced (blue/green,
 restart), so counters keep counting across updates as CloudWatch's do.
 
-Timing (see README "Metrics"): for one request, the router *holds* it from the moment llhttp
-has parsed the complete request until the response has been handed to the client socket.
+Timing (see README "Metrics"): for one request, the router *holds* it from the moment the read
+that completes the request arrives until the response has been handed to the client socket.
 ContainerLatency of a call runs from just before the request is written to the container
 connection until the last response byte is parsed (or the failure is seen). OverheadLatency of a
 request is held time minus the sum of its ContainerLatency; per container it is split by stage:

@@ -1,11 +1,11 @@
 """The data plane: runtime API listener and upstream pools (``proxy``), header rules
-(``headers``).
+(``headers``), call counters (``stats``), container-response reading (``response``).
 
-Both modules are usually compiled with mypyc at install time (see ``setup.py``). The compiled
-modules are used only when they were built from the source that is here now: after an edit
-without a reinstall, or with ``MCE_ROUTER_PURE_PYTHON=1`` in the environment, the Python source
-is loaded instead, so what runs is always what the checkout says. :func:`implementation` tells
-which one this process uses.
+These modules are usually compiled with mypyc at install time (see ``setup.py``), and the
+response reader also exists in C (``_llresponse.c``, on llhttp). Compiled code is used only when
+it was built from the source that is here now: after an edit without a reinstall, or with
+``MCE_ROUTER_PURE_PYTHON=1`` in the environment, the Python source is loaded instead, so what
+runs is always what the checkout says. :func:`implementation` tells which one this process uses.
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ import sys
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-#: Compiled together (one mypyc group sharing native classes): all of them or none.
-_COMPILED = ("headers", "proxy", "stats")
+#: Compiled together (one mypyc group sharing native classes): all of them or none. In import
+#: order, modules before those that import them: a source module importing one not loaded yet
+#: would get the compiled one.
+_COMPILED = ("headers", "stats", "response", "proxy")
+#: The C response reader's source, recorded in the manifest like the modules above.
+_NATIVE_READER_SOURCE = "_llresponse.c"
 _MANIFEST = _HERE / "_compiled_sources.json"
 
 
@@ -45,6 +49,16 @@ def _why_source() -> str | None:
     return None
 
 
+def native_reader_allowed() -> bool:
+    """The C response reader may be used: it was built from the source that is here now."""
+    try:
+        recorded = json.loads(_MANIFEST.read_text(encoding="utf-8"))
+        source = (_HERE / _NATIVE_READER_SOURCE).read_bytes()
+    except (OSError, ValueError):
+        return False
+    return bool(recorded.get(_NATIVE_READER_SOURCE) == hashlib.sha256(source).hexdigest())
+
+
 def _load_sources() -> None:
     """Import the Python source of every compiled module, bypassing the extension modules."""
     for name in _COMPILED:
@@ -66,9 +80,11 @@ if _SOURCE_REASON is not None:
 
 
 def implementation() -> str:
-    """``"compiled (mypyc)"`` or ``"Python (<why>)"``: what this process runs for the hot path."""
-    from . import proxy
+    """What this process runs for the hot path: ``"compiled (mypyc)"`` or ``"Python (<why>)"``,
+    then the response reader, e.g. ``"compiled (mypyc), response reader in C (llhttp)"``."""
+    from . import proxy, response
 
+    reader = f"response reader in {response.reader_implementation()}"
     if Path(proxy.__file__ or "").suffix == ".py":
-        return f"Python ({_SOURCE_REASON or 'not compiled at install'})"
-    return "compiled (mypyc)"
+        return f"Python ({_SOURCE_REASON or 'not compiled at install'}), {reader}"
+    return f"compiled (mypyc), {reader}"

@@ -71,12 +71,34 @@ _SINGLETON_MASK: Final = sum(
 )
 
 
+# The spellings above by name length, so that a usual spelling is recognised by a length index
+# and a memcmp or two (a dict lookup would hash the new bytes object every parser callback
+# creates); lengths no relevant name has are known IGNORED without lower-casing.
+_LONGEST: Final = max(len(name) for name in _BY_SPELLING)
+_SPELLINGS_IN_ORDER: Final = (
+    *_USUAL_SPELLINGS,
+    *(name for name in CODES if name not in _USUAL_SPELLINGS),
+)
+_BY_LENGTH: Final[tuple[tuple[tuple[bytes, int], ...], ...]] = tuple(
+    tuple((name, _BY_SPELLING[name]) for name in _SPELLINGS_IN_ORDER if len(name) == size)
+    for size in range(_LONGEST + 1)
+)
+_RELEVANT_LENGTH: Final[tuple[bool, ...]] = tuple(
+    any(len(name) == size for name in CODES) for size in range(_LONGEST + 1)
+)
+
+
 def classify(name: bytes) -> int:
     """The code of a header name (any letter case); IGNORED for the headers the router drops."""
-    code = _BY_SPELLING.get(name)
-    if code is None:
-        code = CODES.get(name.lower(), IGNORED)
-    return code
+    size = len(name)
+    if size > _LONGEST:
+        return IGNORED
+    for spelling, code in _BY_LENGTH[size]:
+        if name == spelling:
+            return code
+    if not _RELEVANT_LENGTH[size]:
+        return IGNORED
+    return CODES.get(name.lower(), IGNORED)
 
 
 CUSTOM_ATTRIBUTES_MAX: Final = 1024

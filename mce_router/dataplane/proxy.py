@@ -23,9 +23,9 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final, Protocol, cast
+from typing import Final, cast
 
 import httptools
 
@@ -48,6 +48,8 @@ from ..errors import (
 )
 from ..security import Guard, PendingSignature
 from . import headers as hdr
+from .response import COMPLETE, FAILED, Response, new_reader
+from .stats import CallStats
 
 # Latencies use perf_counter: uvloop's loop.time() only advances in whole milliseconds. Final: the
 # compiled module holds it in a C static instead of looking it up in its globals on every read.
@@ -106,7 +108,10 @@ class Upstream:
         self.available = False
         self.unavailable_reason = "the container has not passed its ping health check yet"
         self.pool = ConnectionPool(self, limits, loop)
-        self.observer: UpstreamObserver | None = None
+        #: ContainerLatency and friends of this container (set by the metrics when the routing
+        #: table is built). A concrete compiled class, not a protocol: the call is then a
+        #: direct C call with unboxed floats, a third of what a method call on a protocol cost.
+        self.observer: CallStats | None = None
         self.request_head = b"POST /invocations HTTP/1.1\r\n" + self.host_header
 
     def mark_available(self) -> None:
@@ -120,25 +125,6 @@ class Upstream:
 
     def __repr__(self) -> str:
         return f"<Upstream {self.endpoint_name}/{self.container_name} {self.host}:{self.port}>"
-
-
-class UpstreamObserver(Protocol):
-    """Receives one call per finished container call; metrics subscribe through this seam."""
-
-    def container_call(self, status: int, latency: float, overhead: float, now: float) -> None:
-        """``status`` is the container's HTTP status, 0 when it gave none (refused, broken,
-        timed out); ``latency`` is ContainerLatency and ``overhead`` the router time attributed
-        to this stage, both in seconds; ``now`` is the perf_counter instant it was accounted."""
-
-
-class VariantObserver(Protocol):
-    """Receives one call per finished invocation of a variant."""
-
-    def invocation(self, status: int, latency: float, overhead: float, now: float) -> None:
-        """``status`` is the status of the last container call (0: no valid answer), or the
-        router's own status when no container was called (503, 429); ``latency`` is ModelLatency
-        (the sum of ContainerLatency) and ``overhead`` OverheadLatency, in seconds; ``now`` as
-        for ``container_call``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +147,8 @@ class VariantRoute:
     response_header: bytes = b""
     #: Status line and variant header of every successful response, built once.
     ok_head: bytes = b""
-    observer: VariantObserver | None = None
+    #: ModelLatency and OverheadLatency of this variant (see Upstream.observer).
+    observer: CallStats | None = None
     #: Requests of this variant being served now; deployments drain on it.
     in_flight: int = 0
     _round_robin: itertools.cycle[InstanceRoute] = field(init=False, repr=False)
@@ -231,25 +218,17 @@ class UpstreamFailure(Exception):
 
 
 #: Bytes a container may send without a single body byte (its response head, chunk framing, a
-#: trailer section) before the call fails: httptools buffers a header line without any bound.
+#: trailer section) before the call fails: llhttp itself puts no bound on a response head.
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "_body",
-        "_body_size",
-        "_content_type",
-        "_custom_attributes",
-        "_done",
-        "_framed",
         "_got_bytes",
-        "_headers_done",
-        "_parser",
-        "_reason",
+        "_reader",
         "_stall_bytes",
-        "_status",
         "_waiter",
+        "_write",
         "closed",
         "idle_since",
         "pool",
@@ -260,32 +239,23 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        #: Parses the container's responses (response.py: in C when built, else httptools).
+        self._reader = new_reader(pool.max_response_bytes)
+        # Bound once: a method call on a foreign object looks the method up every time.
+        self._write: Callable[[bytes], None] = _write_nowhere
         self._waiter: Invocation | None = None
-        #: A complete response parsed in the current read, handed over once the read is parsed
-        #: whole, so that bytes after it (a second response) are seen before anyone reuses us.
-        self._done: UpstreamResponse | None = None
         self.closed = False
         self.reusable = True
         self.idle_since = 0.0
         self._got_bytes = False
-        self._reset_response()
-
-    def _reset_response(self) -> None:
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._content_type: bytes | None = None
-        self._custom_attributes: bytes | None = None
-        self._reason = b""
-        self._framed = False  # Content-Length or chunked: the body end is known without EOF
-        self._headers_done = False
+        #: Bytes read since the last one that carried body: head, chunk framing, trailers.
         self._stall_bytes = 0
-        self._status = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self._write = self.transport.write
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
@@ -293,25 +263,18 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes while idle: the container broke the protocol; never reuse this connection.
             self.abort()
             return
-        body_size = self._body_size
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # llhttp stops at a 101 with Upgrade; the router never asks for one.
-            self._fail("the container switched protocols (101) although nobody asked it to")
-            return
-        except httptools.HttpParserError as exc:
-            raised = _raised_in_callback(exc)
-            if isinstance(raised, _ResponseTooLarge):
-                self._fail(str(raised))
-            else:
-                self._fail(f"invalid HTTP response ({exc})")
-            return
-        if self._done is not None:
-            self._deliver()
-        elif self._body_size == body_size:
+        reader = self._reader
+        body_size = reader.body_size
+        outcome = reader.feed(data)
+        if outcome == COMPLETE:
+            # Parsed whole, so bytes after the answer (a second response) were seen before
+            # anyone can reuse this connection.
+            self._deliver(reader.take())
+        elif outcome == FAILED:
+            self._fail(reader.error)
+        elif reader.body_size == body_size:
             # Not one body byte in this read: head, chunk framing or trailers, all of which
-            # httptools would buffer without limit. Bound them (a read with body resets this).
+            # llhttp would take without limit. Bound them (a read with body resets this).
             self._stall_bytes += len(data)
             if self._stall_bytes > MAX_RESPONSE_HEAD_BYTES:
                 self._fail(
@@ -326,11 +289,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         waiter = self._waiter
         if waiter is not None:
-            if self._headers_done and not self._framed:
+            if self._reader.finish() == COMPLETE:
                 # A response delimited by connection close (HTTP/1.0 style) ends here.
-                self.on_message_complete()
-            if self._done is not None:
-                self._deliver()
+                self._deliver(self._reader.take())
             else:
                 self._waiter = None
                 state = "in the middle of its response" if self._got_bytes else "before answering"
@@ -342,86 +303,29 @@ class UpstreamConnection(asyncio.Protocol):
                     ),
                 )
         self.pool.connection_closed(self)
-        # As for client connections: free a partial response now, not at the next full GC.
-        self._body = []
         self.transport = None
+        self._write = _write_nowhere
 
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        if self._done is not None:
-            # A second response in the same read as the first: the container answered more
-            # than it was asked. The first answer stands; this connection is never reused.
+    def _deliver(self, response: Response) -> None:
+        if not self._reader.reusable:
             self.reusable = False
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._headers_done:
-            return  # a trailer field: never taken for a header (RFC 9110 §6.5.1)
-        size = len(name)
-        # Content-Type, Content-Length, Transfer-Encoding, X-Amzn-SageMaker-Custom-Attributes:
-        # the length alone skips Server, Date, Connection, ... without lower-casing them.
-        if size != 12 and size != 14 and size != 17 and size != 34:
-            return
-        lname = name.lower()
-        if lname == b"content-type":
-            self._content_type = value
-        elif lname == b"x-amzn-sagemaker-custom-attributes":
-            self._custom_attributes = value
-        elif lname == b"content-length" or lname == b"transfer-encoding":
-            self._framed = True
-
-    def on_headers_complete(self) -> None:
-        self._headers_done = True
-        status = self._status = self._parser.get_status_code()
-        if status == 204 or status == 304 or 100 <= status < 200:
-            self._framed = True
-
-    def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > self.pool.max_response_bytes:
-            raise _ResponseTooLarge(
-                f"the response is larger than the {self.pool.max_response_bytes}-byte limit"
-            )
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        if self._done is not None:
-            return  # a surplus response (see on_message_begin): dropped with the connection
-        status = self._status
-        if status < 200:
-            # An interim 1xx (100 Continue, 103 Early Hints): skipped, the final answer follows
-            # (RFC 9110 §15.2). A 101 with Upgrade ends in HttpParserUpgrade instead.
-            self._reset_response()
-            return
-        if not self._parser.should_keep_alive() or not self._framed:
-            self.reusable = False
-        self._done = UpstreamResponse(
-            status,
-            self._reason,
-            self._content_type,
-            self._custom_attributes,
-            self._body,
-            self._body_size,
-        )
-        self._reset_response()
-
-    def _deliver(self) -> None:
-        response = self._done
         waiter = self._waiter
-        self._done = None
         self._waiter = None
         self._got_bytes = False
-        if waiter is not None and response is not None:
-            waiter.upstream_response(self, response)
+        self._stall_bytes = 0
+        if waiter is not None:
+            status, reason, content_type, custom_attributes, body, body_size = response
+            waiter.upstream_response(
+                self,
+                UpstreamResponse(status, reason, content_type, custom_attributes, body, body_size),
+            )
 
     # used by Invocation / ConnectionPool
     def send(self, waiter: Invocation, head: bytes, body: list[bytes]) -> None:
         assert self.transport is not None
         self._waiter = waiter
         if len(body) == 1 and len(body[0]) < 65536:
-            self.transport.write(head + body[0])
+            self._write(head + body[0])
         else:
             self.transport.writelines([head, *body])
 
@@ -438,22 +342,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _fail(self, detail: str) -> None:
         waiter = self._waiter
-        done = self._done
         self._waiter = None
-        self._done = None
         self.abort()
-        if waiter is None:
-            return
-        if done is not None:
-            # A complete answer followed by bytes that are not HTTP: the answer stands, the
-            # connection (aborted above, so not reusable) goes.
-            waiter.upstream_response(self, done)
-        else:
+        if waiter is not None:
             waiter.upstream_failed(self, UpstreamFailure(detail, before_response=False))
 
 
-class _ResponseTooLarge(Exception):
-    pass
+def _write_nowhere(data: bytes) -> None:
+    """The write method of a protocol without a transport (not connected yet, or lost)."""
+    raise ConnectionError("not connected")
 
 
 def _raised_in_callback(exc: httptools.HttpParserError) -> BaseException | None:
@@ -525,14 +422,13 @@ class ConnectionPool:
     def waiting_count(self) -> int:
         return len(self._waiting)
 
-    def acquire(self, waiter: Invocation, now: float, *, fresh: bool = False) -> None:
-        """Give ``waiter`` a connection now, or as soon as one is free; ``fresh`` skips idle.
-        ``now``: the current perf_counter instant."""
+    def acquire(self, waiter: Invocation, *, fresh: bool = False) -> None:
+        """Give ``waiter`` a connection now, or as soon as one is free; ``fresh`` skips idle."""
         idle = self._idle
         while idle and not fresh:
             conn = idle.pop()
             if conn.reusable and not conn.closed:
-                waiter.connection_ready(conn, now, reused=True)
+                waiter.connection_ready(conn, reused=True)
                 return
         if self.open_count < self.max_connections:
             self._open(waiter)
@@ -548,13 +444,14 @@ class ConnectionPool:
             )
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
+        """Take back ``conn`` after a call; ``now`` is the current perf_counter instant."""
         if not conn.reusable or conn.closed:
             conn.close()
             return
         while self._waiting:
             waiter = self._waiting.popleft()
             if waiter.wants_connection():
-                waiter.connection_ready(conn, now, reused=True)
+                waiter.connection_ready(conn, reused=True)
                 return
         if len(self._idle) >= self.max_idle or not self.upstream.available:
             conn.close()
@@ -620,7 +517,7 @@ class ConnectionPool:
             return
         conn = task.result()
         if waiter.wants_connection():
-            waiter.connection_ready(conn, _clock(), reused=False)
+            waiter.connection_ready(conn, reused=False)
         else:
             self.release(conn, _clock())
 
@@ -702,7 +599,7 @@ class Invocation:
         # Metrics bookkeeping: the last instant accounted for, and the final call's numbers,
         # which get the time spent answering the client added when the response is written.
         self.last_mark = received_at
-        self._final_observer: UpstreamObserver | None = None
+        self._final_observer: CallStats | None = None
         self._final_latency = 0.0
         self._final_overhead = 0.0
         self._stage = 0
@@ -730,13 +627,13 @@ class Invocation:
             return
         self._state = _STATE_WAITING
         self.deadline = now + self.client.server.queue_wait
-        upstream.pool.acquire(self, now)
+        upstream.pool.acquire(self)
 
     # ConnectionPool callbacks
     def wants_connection(self) -> bool:
         return self._state == _STATE_WAITING
 
-    def connection_ready(self, conn: UpstreamConnection, now: float, *, reused: bool) -> None:
+    def connection_ready(self, conn: UpstreamConnection, *, reused: bool) -> None:
         upstream = self.chain[self._stage]
         server = self.client.server
         head = b"".join(
@@ -752,8 +649,10 @@ class Invocation:
         self._conn = conn
         self._attempt_reused = reused
         self._state = _STATE_SENT
-        self._stage_started = now
-        self.deadline = now + server.invocation_timeout
+        # ContainerLatency starts here, after the router's own work for this stage (that is
+        # OverheadLatency): a clock read of its own, not the instant the request arrived.
+        started = self._stage_started = _clock()
+        self.deadline = started + server.invocation_timeout
         conn.send(self, head, self.body)
 
     def pool_rejected(self, error: InvocationError) -> None:
@@ -794,7 +693,7 @@ class Invocation:
             # reached a live socket, so one retry on a fresh connection is safe.
             self._state = _STATE_WAITING
             self._attempt_reused = False
-            upstream.pool.acquire(self, _clock(), fresh=True)
+            upstream.pool.acquire(self, fresh=True)
             return
         # A failed connect never started a call: it counts as an instant failed call.
         started = self._stage_started if conn is not None else _clock()
@@ -847,7 +746,9 @@ class Invocation:
                 self._final_latency = latency
                 self._final_overhead = overhead
             else:
-                observer.container_call(status, latency, overhead, now)
+                # status: the container's HTTP status, 0 when it gave none (refused, broken,
+                # timed out); overhead: the router time attributed to this stage.
+                observer.record(status, latency, overhead, now)
         return now
 
     def record(self, client_status: int) -> float:
@@ -857,12 +758,14 @@ class Invocation:
         final = self._final_observer
         if final is not None:
             overhead = self._final_overhead + now - self.last_mark
-            final.container_call(self.model_status, self._final_latency, overhead, now)
+            final.record(self.model_status, self._final_latency, overhead, now)
         observer = self.variant.observer
         if observer is not None:
             model_status = self.model_status if self.model_status >= 0 else client_status
             held = now - self.received_at
-            observer.invocation(model_status, self.model_seconds, held - self.model_seconds, now)
+            # The status of the last container call (0: no valid answer), or the router's own
+            # when no container was called (503, 429); latency: ModelLatency.
+            observer.record(model_status, self.model_seconds, held - self.model_seconds, now)
         return now
 
     def client_gone(self) -> bool:
@@ -1111,11 +1014,14 @@ class ClientConnection(asyncio.Protocol):
         "_body",
         "_body_size",
         "_chunk_mark",
+        "_feed",
         "_field_bytes",
+        "_get_method",
         "_head_bytes",
         "_header_count",
         "_headers",
         "_in_head",
+        "_keep_alive",
         "_paused",
         "_pending",
         "_problem",
@@ -1125,6 +1031,7 @@ class ClientConnection(asyncio.Protocol):
         "_signature",
         "_stopped",
         "_url",
+        "_write",
         "_write_blocked",
         "closing",
         "current",
@@ -1139,7 +1046,12 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        parser = self.parser = httptools.HttpRequestParser(self)
+        # Bound once: a method call on a foreign object looks the method up every time.
+        self._feed: Callable[[bytes], None] = parser.feed_data
+        self._get_method: Callable[[], bytes] = parser.get_method
+        self._keep_alive: Callable[[], bool] = parser.should_keep_alive
+        self._write: Callable[[bytes], None] = _write_nowhere
         self._pending: collections.deque[_ParsedRequest] = collections.deque()
         self.current: Invocation | None = None
         self._paused = False
@@ -1188,6 +1100,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.server.connections.add(self)
+        self._write = self.transport.write
         # A new connection owes its first request head within the header deadline (as nginx's
         # client_header_timeout); the longer keep-alive wait applies between requests only.
         self.deadline = _clock() + self.server.header_timeout
@@ -1206,13 +1119,14 @@ class ClientConnection(asyncio.Protocol):
         self._raw_headers = None
         self._signature = None
         self.transport = None
+        self._write = _write_nowhere
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # answered and closing: what the client still sends is discarded
         self._read_at = _clock()  # the base of the deadlines the parser callbacks set
         try:
-            self.parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserUpgrade:
             # A request with Upgrade (or CONNECT) was parsed and dispatched as plain HTTP: the
             # Upgrade is ignored (RFC 9110 §7.8) and never forwarded. llhttp would hand the
@@ -1347,11 +1261,10 @@ class ClientConnection(asyncio.Protocol):
         received_at = self._read_at
         self.deadline = _NO_DEADLINE
         self._header_count = 0  # no request in progress: an idle timeout closes silently
-        parser = self.parser
         if self._signature is not None:
             denied = self._finish_auth()
             if denied is not None:
-                keep_alive = parser.should_keep_alive()
+                keep_alive = self._keep_alive()
                 if self.current is None and not self._pending and not self._write_blocked:
                     self._write_error(denied, keep_alive, None)
                 else:
@@ -1359,24 +1272,24 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self.current is None and not self._pending and not self._write_blocked:
             self._dispatch(
-                parser.get_method(),
+                self._get_method(),
                 self._url,
                 self._headers,
                 self._body,
                 self._body_size,
-                parser.should_keep_alive(),
+                self._keep_alive(),
                 received_at,
                 received_at,
             )
             return
         self._pending.append(
             _ParsedRequest(
-                parser.get_method(),
+                self._get_method(),
                 self._url,
                 self._headers,
                 self._body,
                 self._body_size,
-                parser.should_keep_alive(),
+                self._keep_alive(),
                 received_at,
             )
         )
@@ -1540,7 +1453,7 @@ class ClientConnection(asyncio.Protocol):
         )
         body = response.body
         if len(body) == 1 and len(body[0]) < 65536:
-            self.transport.write(b"".join((*head, body[0])))
+            self._write(b"".join((*head, body[0])))
         else:
             self.transport.writelines([b"".join(head), *body])
         self._after_response(keep_alive, invocation.record(200))

@@ -104,13 +104,6 @@ class CallStats:
         if overhead > self.m_ovh_max:
             self.m_ovh_max = overhead
 
-    # The proxy's two observer seams (dataplane.proxy.UpstreamObserver and VariantObserver).
-    def container_call(self, status: int, latency: float, overhead: float, now: float) -> None:
-        self.record(status, latency, overhead, now)
-
-    def invocation(self, status: int, latency: float, overhead: float, now: float) -> None:
-        self.record(status, latency, overhead, now)
-
     def roll(self, now: float) -> None:
         """Start the minute of ``now`` (wall-clock seconds) if it is not the current one."""
         if now >= self.minute_end:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mce_router.dataplane.headers import RequestHeaders
+from mce_router.dataplane.headers import CODES, IGNORED, RequestHeaders, classify
 
 
 def parse(*pairs: tuple[bytes, bytes]) -> tuple[RequestHeaders, str | None]:
@@ -117,3 +117,20 @@ def test_expect() -> None:
     assert problem is None and headers.expect_continue
     _, problem = parse((b"Expect", b"something-else"))
     assert problem is not None and "Expect" in problem
+
+
+_SPELLINGS = [
+    *CODES,
+    *(name.upper() for name in CODES),
+    *(name.title() for name in CODES),
+    *(bytes(c ^ 0x20 if i % 3 == 0 and chr(c).isalpha() else c for i, c in enumerate(name))
+      for name in CODES),
+    b"User-Agent", b"user-agent", b"X-Amz-Date", b"Authorization", b"Keep-Alive",
+    b"X-Unknown-Header", b"Hosts", b"Hos", b"Content-Lengthy", b"Accept-", b"Conection",
+    b"X-Amzn-SageMaker-Target-Container-Hostnames", b"", b"X" * 500,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _SPELLINGS)
+def test_classify_matches_the_case_insensitive_table(name: bytes) -> None:
+    assert classify(name) == CODES.get(name.lower(), IGNORED)

@@ -21,13 +21,17 @@ COMPILED = any(
     (DATAPLANE / f"proxy{suffix}").exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES
 )
 
+#: Prints the implementation, then the file every module of the compiled group came from.
 REPORT = (
-    "import mce_router.dataplane as d, mce_router.dataplane.proxy as p; "
-    "print(d.implementation()); print(p.__file__)"
+    "import sys, mce_router.dataplane as d, mce_router.dataplane.proxy; "
+    "print(d.implementation()); "
+    "print(*(sys.modules['mce_router.dataplane.' + n].__file__ "
+    "for n in ('headers', 'stats', 'response', 'proxy')))"
 )
+COMPILED_ALL = "compiled (mypyc), response reader in C (llhttp)"
 
 
-def _report(env_extra: dict[str, str], pythonpath: Path | None = None) -> list[str]:
+def _report(env_extra: dict[str, str], pythonpath: Path | None = None) -> tuple[str, list[str]]:
     env = {key: value for key, value in os.environ.items() if key != "MCE_ROUTER_PURE_PYTHON"}
     env.update(env_extra)
     if pythonpath is not None:
@@ -41,7 +45,8 @@ def _report(env_extra: dict[str, str], pythonpath: Path | None = None) -> list[s
         timeout=60,
         check=True,
     )
-    return result.stdout.splitlines()
+    implementation, files = result.stdout.splitlines()
+    return implementation, files.split()
 
 
 @pytest.mark.skipif(not COMPILED, reason="installed without a C compiler: pure Python only")
@@ -49,16 +54,21 @@ def test_an_installed_build_runs_the_compiled_hot_path() -> None:
     if not os.environ.get("MCE_ROUTER_PURE_PYTHON"):
         # The suite itself then exercises the compiled modules (CI has a compiler); the second
         # pass of the CI command sets MCE_ROUTER_PURE_PYTHON to exercise the source.
-        assert dataplane.implementation() == "compiled (mypyc)"
-    implementation, module_file = _report({})
-    assert implementation == "compiled (mypyc)"
-    assert not module_file.endswith(".py")
+        assert dataplane.implementation() == COMPILED_ALL
+    implementation, module_files = _report({})
+    assert implementation == COMPILED_ALL
+    assert not any(name.endswith(".py") for name in module_files)
 
 
 def test_pure_python_on_request() -> None:
-    implementation, module_file = _report({"MCE_ROUTER_PURE_PYTHON": "1"})
-    assert implementation == "Python (MCE_ROUTER_PURE_PYTHON is set)"
-    assert module_file.endswith(str(Path("dataplane", "proxy.py")))
+    implementation, module_files = _report({"MCE_ROUTER_PURE_PYTHON": "1"})
+    assert implementation == (
+        "Python (MCE_ROUTER_PURE_PYTHON is set), response reader in Python (httptools)"
+    )
+    # Every module of the group, including those the others import (loaded in that order).
+    assert module_files == [
+        str(DATAPLANE / f"{name}.py") for name in ("headers", "stats", "response", "proxy")
+    ]
 
 
 @pytest.mark.skipif(not COMPILED, reason="installed without a C compiler: nothing can be stale")
@@ -68,13 +78,23 @@ def test_a_source_edited_after_compiling_is_run_as_source(tmp_path: Path) -> Non
     for sibling in PACKAGE.parent.glob("mce_router_hotpath__mypyc*"):
         shutil.copy2(sibling, tmp_path / sibling.name)
     untouched, _ = _report({}, pythonpath=tmp_path)
-    assert untouched == "compiled (mypyc)"
+    assert untouched == COMPILED_ALL
+
+    # The C reader is checked on its own source: editing it leaves the compiled modules on.
+    reader = copy / "dataplane" / "_llresponse.c"
+    reader.write_text(reader.read_text(encoding="utf-8") + "\n/* edited */\n", encoding="utf-8")
+    implementation, module_files = _report({}, pythonpath=tmp_path)
+    assert implementation == "compiled (mypyc), response reader in Python (httptools)"
+    assert not any(name.endswith(".py") for name in module_files)
 
     headers = copy / "dataplane" / "headers.py"
     headers.write_text(headers.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
-    implementation, module_file = _report({}, pythonpath=tmp_path)
+    implementation, module_files = _report({}, pythonpath=tmp_path)
     assert implementation == (
-        "Python (headers.py changed since it was compiled (reinstall to recompile))"
+        "Python (headers.py changed since it was compiled (reinstall to recompile)), "
+        "response reader in Python (httptools)"
     )
     # All modules of the compiled group switch together, not just the edited one.
-    assert module_file == str(copy / "dataplane" / "proxy.py")
+    assert module_files == [
+        str(copy / "dataplane" / f"{name}.py") for name in ("headers", "stats", "response", "proxy")
+    ]

@@ -1,0 +1,363 @@
+/*
+ * mce_router.dataplane._llresponse: the container-response reader of the hot path, in C.
+ *
+ * The same reader as ResponseReader in response.py (which is the reference and the fallback
+ * when no C compiler was there at install time), on the same parser: llhttp 9, vendored in
+ * vendor/llhttp exactly as httptools ships it. What differs is where the callbacks run. Through
+ * httptools every response costs ten Python calls (status, each header, body, completion) and a
+ * bytes object per header name and value; here llhttp's callbacks are C functions that keep
+ * only what the router uses (status, reason, Content-Type, X-Amzn-SageMaker-Custom-Attributes,
+ * the body), and Python sees one feed() and one take() per response.
+ *
+ * Interface (see response.py for the contract both implementations keep):
+ *   ResponseReader(max_body)      one per upstream connection
+ *   feed(data) -> int             READ_MORE (0), COMPLETE (1) or FAILED (2)
+ *   finish() -> int               at EOF: COMPLETE when a close-delimited response ended there
+ *   take() -> tuple               (status, reason, content_type, custom_attributes, body, size)
+ *   body_size, reusable, error    progress of the response being read, reuse, failure detail
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#include "llhttp.h"
+
+enum { READ_MORE = 0, COMPLETE = 1, FAILED = 2 };
+enum { CAPTURE_NONE = 0, CAPTURE_CONTENT_TYPE, CAPTURE_CUSTOM_ATTRIBUTES };
+
+/* Longer than any header name the reader keeps (x-amzn-sagemaker-custom-attributes: 34). */
+#define NAME_BUFFER 40
+
+typedef struct {
+    PyObject_HEAD
+    llhttp_t parser;
+    Py_ssize_t max_body;
+    /* the response being parsed */
+    int headers_done;
+    char name[NAME_BUFFER];
+    Py_ssize_t name_len; /* NAME_BUFFER + 1 once the name is longer than any we keep */
+    int capture;
+    PyObject *value; /* bytes of the captured header value so far, or NULL */
+    PyObject *reason;
+    PyObject *content_type;
+    PyObject *custom_attributes;
+    PyObject *body; /* list of bytes */
+    Py_ssize_t body_size;
+    /* outcome */
+    PyObject *done; /* the complete response of the last feed, until take() */
+    int reusable;
+    int too_large;
+    int python_error; /* a callback failed with a Python exception set (MemoryError) */
+    PyObject *error;  /* str */
+} Reader;
+
+static llhttp_settings_t reader_settings;
+
+static void clear_message(Reader *r) {
+    r->headers_done = 0;
+    r->name_len = 0;
+    r->capture = CAPTURE_NONE;
+    Py_CLEAR(r->value);
+    Py_CLEAR(r->reason);
+    Py_CLEAR(r->content_type);
+    Py_CLEAR(r->custom_attributes);
+    Py_CLEAR(r->body);
+    r->body_size = 0;
+}
+
+static int fail_python(Reader *r) {
+    r->python_error = 1;
+    return HPE_USER;
+}
+
+/* Append [at, at + length) to *target (a bytes object or NULL). */
+static int append_bytes(PyObject **target, const char *at, size_t length) {
+    PyObject *piece = PyBytes_FromStringAndSize(at, (Py_ssize_t)length);
+    if (piece == NULL) return -1;
+    if (*target == NULL) {
+        *target = piece;
+        return 0;
+    }
+    PyBytes_ConcatAndDel(target, piece);
+    return *target == NULL ? -1 : 0;
+}
+
+static int on_message_begin(llhttp_t *parser) {
+    Reader *r = (Reader *)parser->data;
+    if (r->done != NULL) {
+        /* A second response in the same read as the first: the container answered more than it
+         * was asked. The first answer stands; the connection is never reused. */
+        r->reusable = 0;
+    }
+    clear_message(r);
+    r->body = PyList_New(0);
+    return r->body == NULL ? fail_python(r) : 0;
+}
+
+static int on_status(llhttp_t *parser, const char *at, size_t length) {
+    Reader *r = (Reader *)parser->data;
+    return append_bytes(&r->reason, at, length) < 0 ? fail_python(r) : 0;
+}
+
+static int on_header_field(llhttp_t *parser, const char *at, size_t length) {
+    Reader *r = (Reader *)parser->data;
+    if (r->headers_done) return 0; /* a trailer field: never taken for a header */
+    if (r->name_len + (Py_ssize_t)length > NAME_BUFFER) {
+        r->name_len = NAME_BUFFER + 1;
+    } else {
+        memcpy(r->name + r->name_len, at, length);
+        r->name_len += (Py_ssize_t)length;
+    }
+    return 0;
+}
+
+static int name_is(const Reader *r, const char *lower) {
+    Py_ssize_t size = (Py_ssize_t)strlen(lower);
+    if (r->name_len != size) return 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        char c = r->name[i];
+        if (c >= 'A' && c <= 'Z') c = (char)(c + ('a' - 'A'));
+        if (c != lower[i]) return 0;
+    }
+    return 1;
+}
+
+static int on_header_field_complete(llhttp_t *parser) {
+    Reader *r = (Reader *)parser->data;
+    if (r->headers_done) return 0;
+    if (name_is(r, "content-type")) {
+        r->capture = CAPTURE_CONTENT_TYPE;
+    } else if (name_is(r, "x-amzn-sagemaker-custom-attributes")) {
+        r->capture = CAPTURE_CUSTOM_ATTRIBUTES;
+    } else {
+        r->capture = CAPTURE_NONE;
+    }
+    r->name_len = 0;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *parser, const char *at, size_t length) {
+    Reader *r = (Reader *)parser->data;
+    if (r->headers_done || r->capture == CAPTURE_NONE) return 0;
+    return append_bytes(&r->value, at, length) < 0 ? fail_python(r) : 0;
+}
+
+static int on_header_value_complete(llhttp_t *parser) {
+    Reader *r = (Reader *)parser->data;
+    if (r->headers_done) return 0;
+    /* llhttp reports an empty value as an empty span, so it is b"" (as through httptools).
+     * The last one wins. */
+    if (r->value != NULL) {
+        if (r->capture == CAPTURE_CONTENT_TYPE) {
+            Py_XSETREF(r->content_type, r->value);
+        } else {
+            Py_XSETREF(r->custom_attributes, r->value);
+        }
+        r->value = NULL;
+    }
+    r->capture = CAPTURE_NONE;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *parser) {
+    Reader *r = (Reader *)parser->data;
+    r->headers_done = 1;
+    /* As httptools: with an upgrade (a 101 with Upgrade), no body; llhttp then stops with
+     * HPE_PAUSED_UPGRADE. */
+    return parser->upgrade ? 1 : 0;
+}
+
+static int on_body(llhttp_t *parser, const char *at, size_t length) {
+    Reader *r = (Reader *)parser->data;
+    r->body_size += (Py_ssize_t)length;
+    if (r->body_size > r->max_body) {
+        r->too_large = 1;
+        return HPE_USER;
+    }
+    PyObject *chunk = PyBytes_FromStringAndSize(at, (Py_ssize_t)length);
+    if (chunk == NULL) return fail_python(r);
+    int failed = PyList_Append(r->body, chunk);
+    Py_DECREF(chunk);
+    return failed ? fail_python(r) : 0;
+}
+
+static int on_message_complete(llhttp_t *parser) {
+    Reader *r = (Reader *)parser->data;
+    if (r->done != NULL) return 0; /* a surplus response: dropped with the connection */
+    int status = parser->status_code;
+    if (status < 200) {
+        /* An interim 1xx (100 Continue, 103 Early Hints): skipped, the final answer follows. */
+        clear_message(r);
+        return 0;
+    }
+    if (!llhttp_should_keep_alive(parser)) r->reusable = 0;
+    PyObject *reason = r->reason;
+    if (reason == NULL) {
+        reason = PyBytes_FromStringAndSize(NULL, 0);
+        if (reason == NULL) return fail_python(r);
+    } else {
+        r->reason = NULL;
+    }
+    /* The tuple takes over the message's references (N: no new reference). */
+    r->done = Py_BuildValue("(iNNNNn)", status, reason,
+                            r->content_type ? r->content_type : Py_NewRef(Py_None),
+                            r->custom_attributes ? r->custom_attributes : Py_NewRef(Py_None),
+                            r->body, r->body_size);
+    r->content_type = r->custom_attributes = r->body = NULL;
+    if (r->done == NULL) return fail_python(r);
+    clear_message(r);
+    return 0;
+}
+
+static PyObject *outcome_of(Reader *r, llhttp_errno_t err) {
+    if (r->python_error) {
+        r->python_error = 0;
+        return NULL;
+    }
+    if (err == HPE_OK) return PyLong_FromLong(r->done != NULL ? COMPLETE : READ_MORE);
+    r->reusable = 0;
+    PyObject *detail;
+    if (err == HPE_PAUSED_UPGRADE) {
+        detail = PyUnicode_FromString(
+            "the container switched protocols (101) although nobody asked it to");
+    } else if (r->too_large) {
+        detail = PyUnicode_FromFormat("the response is larger than the %zd-byte limit",
+                                      r->max_body);
+    } else {
+        const char *reason = llhttp_get_error_reason(&r->parser);
+        detail = PyUnicode_FromFormat("invalid HTTP response (%s)",
+                                      reason != NULL ? reason : llhttp_errno_name(err));
+    }
+    if (detail == NULL) return NULL;
+    Py_XSETREF(r->error, detail);
+    /* A complete answer followed by bytes that are not HTTP: the answer stands. */
+    return PyLong_FromLong(r->done != NULL ? COMPLETE : FAILED);
+}
+
+static PyObject *Reader_feed(Reader *r, PyObject *data) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    Py_CLEAR(r->done);
+    llhttp_errno_t err = llhttp_execute(&r->parser, (const char *)view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return outcome_of(r, err);
+}
+
+static PyObject *Reader_finish(Reader *r, PyObject *Py_UNUSED(ignored)) {
+    Py_CLEAR(r->done);
+    llhttp_errno_t err = llhttp_finish(&r->parser);
+    if (err == HPE_INVALID_EOF_STATE) {
+        /* EOF in the middle of a response: not an answer (the caller says what happened). */
+        return PyLong_FromLong(READ_MORE);
+    }
+    return outcome_of(r, err);
+}
+
+static PyObject *Reader_take(Reader *r, PyObject *Py_UNUSED(ignored)) {
+    if (r->done == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "no complete response to take");
+        return NULL;
+    }
+    PyObject *done = r->done;
+    r->done = NULL;
+    return done;
+}
+
+static PyObject *Reader_get_body_size(Reader *r, void *Py_UNUSED(closure)) {
+    return PyLong_FromSsize_t(r->body_size);
+}
+
+static PyObject *Reader_get_reusable(Reader *r, void *Py_UNUSED(closure)) {
+    return PyBool_FromLong(r->reusable);
+}
+
+static PyObject *Reader_get_error(Reader *r, void *Py_UNUSED(closure)) {
+    if (r->error == NULL) return PyUnicode_FromString("");
+    return Py_NewRef(r->error);
+}
+
+static int Reader_init(Reader *r, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"max_body", NULL};
+    Py_ssize_t max_body;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n", keywords, &max_body)) return -1;
+    r->max_body = max_body;
+    clear_message(r);
+    Py_CLEAR(r->done);
+    Py_CLEAR(r->error);
+    r->reusable = 1;
+    r->too_large = 0;
+    r->python_error = 0;
+    llhttp_init(&r->parser, HTTP_RESPONSE, &reader_settings);
+    r->parser.data = r;
+    return 0;
+}
+
+static void Reader_dealloc(Reader *r) {
+    clear_message(r);
+    Py_CLEAR(r->done);
+    Py_CLEAR(r->error);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"feed", (PyCFunction)Reader_feed, METH_O,
+     "Parse the next bytes read; READ_MORE, COMPLETE (see take) or FAILED (see error)."},
+    {"finish", (PyCFunction)Reader_finish, METH_NOARGS,
+     "The connection reached EOF: COMPLETE when that ended a close-delimited response."},
+    {"take", (PyCFunction)Reader_take, METH_NOARGS,
+     "The complete response: (status, reason, content_type, custom_attributes, body, size)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Reader_getset[] = {
+    {"body_size", (getter)Reader_get_body_size, NULL, "Body bytes of the response being read.",
+     NULL},
+    {"reusable", (getter)Reader_get_reusable, NULL,
+     "False once the connection must not carry another call.", NULL},
+    {"error", (getter)Reader_get_error, NULL, "Why the last feed FAILED.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mce_router.dataplane._llresponse.ResponseReader",
+    .tp_doc = "Reads a container's HTTP/1.1 responses on one connection (llhttp, in C).",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_methods = Reader_methods,
+    .tp_getset = Reader_getset,
+};
+
+static struct PyModuleDef llresponse_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "mce_router.dataplane._llresponse",
+    .m_doc = "The container-response reader of the hot path, on llhttp in C (see response.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__llresponse(void) {
+    llhttp_settings_init(&reader_settings);
+    reader_settings.on_message_begin = on_message_begin;
+    reader_settings.on_status = on_status;
+    reader_settings.on_header_field = on_header_field;
+    reader_settings.on_header_field_complete = on_header_field_complete;
+    reader_settings.on_header_value = on_header_value;
+    reader_settings.on_header_value_complete = on_header_value_complete;
+    reader_settings.on_headers_complete = on_headers_complete;
+    reader_settings.on_body = on_body;
+    reader_settings.on_message_complete = on_message_complete;
+    if (PyType_Ready(&ReaderType) < 0) return NULL;
+    PyObject *module = PyModule_Create(&llresponse_module);
+    if (module == NULL) return NULL;
+    if (PyModule_AddObjectRef(module, "ResponseReader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddIntConstant(module, "READ_MORE", READ_MORE) < 0 ||
+        PyModule_AddIntConstant(module, "COMPLETE", COMPLETE) < 0 ||
+        PyModule_AddIntConstant(module, "FAILED", FAILED) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
