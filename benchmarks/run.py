@@ -55,11 +55,12 @@ from benchlib.procs import (
 from benchlib.stack import (
     DIRECT15_HOSTS,
     HOST,
+    MODEL_BATCH_BODY,
     ORIGIN_BODY,
     REQUEST_BODY,
     router_config,
     router_log_problems,
-    start_echo_container,
+    start_example_container,
     start_lean_proxy,
     start_nginx,
     start_router,
@@ -82,8 +83,11 @@ class Stack:
     procs: Processes
     origin_ports: list[int] = field(default_factory=list)
     echo_port: int = 0
+    #: The example container scoring a JSON batch (the "realistic Python container").
+    model_port: int = 0
     proxy_port: int = 0
     proxy_echo_port: int = 0
+    proxy_model_port: int = 0
     router_port: int = 0
     #: The lean reference proxy and the router with its hot path as Python source.
     lean_port: int = 0
@@ -103,20 +107,23 @@ class Stack:
 
 def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofile: int) -> Stack:
     # 15 origin ports, echo container, 2 nginx proxy ports, router + admin, lean proxy, pure-Python
-    # router + admin, 2 routers per variant.
-    ports = free_ports(15 + 1 + 2 + 2 + 3 + 4 * len(VARIANTS))
+    # router + admin, 2 routers per variant, then the model container and its nginx proxy port.
+    ports = free_ports(15 + 1 + 2 + 2 + 3 + 4 * len(VARIANTS) + 2)
     stack = Stack(workdir, procs)
     stack.origin_ports = ports[:15]
     stack.echo_port = ports[15]
     stack.proxy_port, stack.proxy_echo_port = ports[16], ports[17]
     stack.router_port, router_admin = ports[18], ports[19]
     stack.lean_port, stack.pure_port, pure_admin = ports[20], ports[21], ports[22]
-    spare = ports[23:]
+    stack.model_port, stack.proxy_model_port = ports[-2], ports[-1]
+    spare = ports[23:-2]
 
     for name, size in (("small", len(REQUEST_BODY)), ("1m", MIB), ("6m", 6 * MIB)):
         path = workdir / f"body-{name}.bin"
         path.write_bytes(REQUEST_BODY if name == "small" else os.urandom(size))
         stack.files[name] = path
+    stack.files["batch"] = workdir / "body-batch.json"
+    stack.files["batch"].write_bytes(MODEL_BATCH_BODY)
 
     listen = "\n".join(f"        listen {HOST}:{p} backlog=4096;" for p in stack.origin_ports)
     stack.processes["origin"] = start_nginx(
@@ -130,8 +137,10 @@ def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofil
         nofile=nofile,
     )
     log(f"origin nginx on ports {stack.origin_ports[0]}..(15 ports), CPU {LOAD_CPU}")
-    stack.processes["echo"] = start_echo_container(procs, stack.echo_port)
+    stack.processes["echo"] = start_example_container(procs, stack.echo_port, "echo")
     log(f"example echo container (aiohttp) on {stack.echo_port}, CPU {LOAD_CPU}")
+    stack.processes["model"] = start_example_container(procs, stack.model_port, "model")
+    log(f"example model container (aiohttp) on {stack.model_port}, CPU {LOAD_CPU}")
     stack.processes["nginx"] = start_nginx(
         procs,
         "proxy-nginx",
@@ -141,6 +150,8 @@ def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofil
             "ECHO_PROXY_PORT": stack.proxy_echo_port,
             "ORIGIN_PORT": stack.origin_ports[0],
             "ECHO_PORT": stack.echo_port,
+            "MODEL_PROXY_PORT": stack.proxy_model_port,
+            "MODEL_PORT": stack.model_port,
         },
         cpu=PROXY_CPU,
         ping_port=stack.proxy_port,
@@ -154,7 +165,8 @@ def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofil
         router_config(
             stack.origin_ports,
             stack.echo_port,
-            endpoints=("direct", "serial3", "direct15", "echo"),
+            endpoints=("direct", "serial3", "direct15", "echo", "model"),
+            model_port=stack.model_port,
         ),
         port=stack.router_port,
         admin_port=router_admin,
@@ -310,6 +322,17 @@ def sanity_check(stack: Stack) -> None:
                 size_body,
             ),
         ]
+    # The model container's own answer to the batch is what both proxies must return.
+    model_url = f"http://{HOST}:{stack.model_port}/invocations"
+    status, scored = post(model_url, MODEL_BATCH_BODY, json_ct)
+    if status != 200 or not scored.startswith(b'{"predictions":'):
+        raise BenchError(f"the model container answered {status}: {scored[:300]!r}")
+    checks += [
+        ("model nginx", f"http://{HOST}:{stack.proxy_model_port}/invocations", MODEL_BATCH_BODY,
+         json_ct, scored),
+        ("model router", stack.router_url("model"), MODEL_BATCH_BODY,
+         {**json_ct, TARGET_HEADER: "model"}, scored),
+    ]  # fmt: skip
     for variant, info in stack.variants.items():
         if info.get("status") == "measured":
             for side in ("on", "off"):
@@ -431,6 +454,25 @@ def build_cases(stack: Stack, args: argparse.Namespace) -> list[Case]:
             proxy="router",
         ),
     ]
+    batch, model_url = stack.files["batch"], f"http://{HOST}:{stack.model_port}/invocations"
+    for path, url, targets, proxy in (
+        ("model-direct", model_url, (), "model"),
+        ("model-nginx", f"http://{HOST}:{stack.proxy_model_port}/invocations", (), "nginx"),
+        ("model-router", stack.router_url("model"), ("model",), "router"),
+    ):
+        cases.append(
+            Case(
+                f"c64.{path}",
+                "throughput",
+                path,
+                url,
+                c,
+                batch,
+                len(MODEL_BATCH_BODY),
+                targets=targets,
+                proxy=proxy,
+            )
+        )
     for size, nbytes in (("1m", MIB), ("6m", 6 * MIB)):
         for path, url, targets, proxy in (
             ("echo-direct", echo_url, (), "echo"),

@@ -53,6 +53,15 @@ ORIGIN_BODY = _exact_json(
     97, '{{"predictions":[0.812,0.041,0.147],"model":"bench-origin","version":"1.0","pad":"{pad}"}}'
 )
 
+#: What the "realistic Python container" is sent: a batch of 64 rows of 16 features for the
+#: example container's model role (JSON parsing, dot products, JSON answer: ~170 µs of CPU per
+#: request on the benchmark VM), fixed so that every run scores the same batch.
+MODEL_BATCH_BODY = json.dumps(
+    {"instances": [[round(((r * 16 + c) * 7919 % 2001) / 1000 - 1, 3) for c in range(16)]
+                   for r in range(64)]},
+    separators=(",", ":"),
+).encode()  # fmt: skip
+
 DIRECT15_HOSTS = tuple(f"c{i:02d}" for i in range(1, 16))
 
 
@@ -122,7 +131,9 @@ def start_lean_proxy(procs: Processes, port: int, origin_port: int) -> Managed:
     return managed
 
 
-def start_echo_container(procs: Processes, port: int) -> Managed:
+def start_example_container(procs: Processes, port: int, role: str) -> Managed:
+    """The package's example container (aiohttp) in ``role``: ``echo`` sends the body back
+    unchanged, ``model`` scores a JSON batch of rows (see mce_router/examples/container.py)."""
     env = {
         **os.environ,
         "SAGEMAKER_BIND_TO_PORT": str(port),
@@ -130,8 +141,8 @@ def start_echo_container(procs: Processes, port: int) -> Managed:
         "PYTHONUNBUFFERED": "1",
     }
     managed = procs.spawn(
-        "echo-container",
-        [sys.executable, "-m", "mce_router.examples.container", "--role", "echo"],
+        f"{role}-container",
+        [sys.executable, "-m", "mce_router.examples.container", "--role", role],
         cpu=LOAD_CPU,
         env=env,
         grace=12.0,
@@ -150,6 +161,7 @@ def _image(i: int) -> str:
 
 
 ECHO_IMAGE = "bench.local/echo:latest"
+MODEL_IMAGE = "bench.local/model:latest"
 
 
 def _model(name: str, mode: str, containers: list[tuple[str, str]]) -> dict[str, Any]:
@@ -162,14 +174,16 @@ def _model(name: str, mode: str, containers: list[tuple[str, str]]) -> dict[str,
 
 
 def router_config(
-    origin_ports: list[int], echo_port: int, *, endpoints: tuple[str, ...]
+    origin_ports: list[int], echo_port: int, *, endpoints: tuple[str, ...], model_port: int = 0
 ) -> dict[str, Any]:
     """A router config with external (``url:``) images only, so the router process tree is just
-    the router; ``endpoints`` picks from direct, serial3, direct15, echo."""
+    the router; ``endpoints`` picks from direct, serial3, direct15, echo, model."""
     images: dict[str, Any] = {
         _image(i): {"url": f"http://{HOST}:{port}"} for i, port in enumerate(origin_ports, 1)
     }
     images[ECHO_IMAGE] = {"url": f"http://{HOST}:{echo_port}"}
+    if model_port:
+        images[MODEL_IMAGE] = {"url": f"http://{HOST}:{model_port}"}
     models = {
         "direct": _model("direct", "Direct", [("origin", _image(1))]),
         "serial3": _model("serial3", "Serial", [(f"stage{i}", _image(i)) for i in (1, 2, 3)]),
@@ -177,6 +191,7 @@ def router_config(
             "direct15", "Direct", [(h, _image(i)) for i, h in enumerate(DIRECT15_HOSTS, 1)]
         ),
         "echo": _model("echo", "Direct", [("echo", ECHO_IMAGE)]),
+        "model": _model("model", "Direct", [("model", MODEL_IMAGE)]),
     }
     return {
         "listen": {"host": HOST},

@@ -191,20 +191,27 @@ static int on_message_complete(llhttp_t *parser) {
         return 0;
     }
     if (!llhttp_should_keep_alive(parser)) r->reusable = 0;
-    PyObject *reason = r->reason;
-    if (reason == NULL) {
-        reason = PyBytes_FromStringAndSize(NULL, 0);
-        if (reason == NULL) return fail_python(r);
-    } else {
-        r->reason = NULL;
+    if (r->body == NULL && (r->body = PyList_New(0)) == NULL) return fail_python(r);
+    PyObject *done = PyTuple_New(6);
+    PyObject *status_object = PyLong_FromLong(status);
+    PyObject *size_object = PyLong_FromSsize_t(r->body_size);
+    PyObject *reason =
+        r->reason != NULL ? Py_NewRef(r->reason) : PyBytes_FromStringAndSize(NULL, 0);
+    if (done == NULL || status_object == NULL || size_object == NULL || reason == NULL) {
+        Py_XDECREF(done);
+        Py_XDECREF(status_object);
+        Py_XDECREF(size_object);
+        Py_XDECREF(reason);
+        return fail_python(r);
     }
-    /* The tuple takes over the message's references (N: no new reference). */
-    r->done = Py_BuildValue("(iNNNNn)", status, reason,
-                            r->content_type ? r->content_type : Py_NewRef(Py_None),
-                            r->custom_attributes ? r->custom_attributes : Py_NewRef(Py_None),
-                            r->body, r->body_size);
-    r->content_type = r->custom_attributes = r->body = NULL;
-    if (r->done == NULL) return fail_python(r);
+    /* The tuple takes over one reference to each item. */
+    PyTuple_SET_ITEM(done, 0, status_object);
+    PyTuple_SET_ITEM(done, 1, reason);
+    PyTuple_SET_ITEM(done, 2, Py_NewRef(r->content_type ? r->content_type : Py_None));
+    PyTuple_SET_ITEM(done, 3, Py_NewRef(r->custom_attributes ? r->custom_attributes : Py_None));
+    PyTuple_SET_ITEM(done, 4, Py_NewRef(r->body));
+    PyTuple_SET_ITEM(done, 5, size_object);
+    r->done = done;
     clear_message(r);
     return 0;
 }
