@@ -7,14 +7,15 @@
  * httptools every response costs ten Python calls (status, each header, body, completion) and a
  * bytes object per header name and value; here llhttp's callbacks are C functions that keep
  * only what the router uses (status, reason, Content-Type, X-Amzn-SageMaker-Custom-Attributes,
- * the body), and Python sees one feed() and one take() per response.
+ * the body), and Python makes one call per read.
  *
  * Interface (see response.py for the contract both implementations keep):
- *   ResponseReader(max_body)      one per upstream connection
- *   feed(data) -> int             READ_MORE (0), COMPLETE (1) or FAILED (2)
- *   finish() -> int               at EOF: COMPLETE when a close-delimited response ended there
- *   take() -> tuple               (status, reason, content_type, custom_attributes, body, size)
- *   body_size, reusable, error    progress of the response being read, reuse, failure detail
+ *   ResponseReader(max_body)   one per upstream connection
+ *   feed(data) -> outcome      (READ_MORE, got_body) | (COMPLETE, status, reason, content_type,
+ *                              custom_attributes, body, size, reusable) | (FAILED, detail)
+ *   finish() -> outcome        at EOF: COMPLETE when a close-delimited response ended there
+ * One tuple per call, no attribute reads: a getattr on an extension type costs as much as the
+ * parse of a short response head.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -44,14 +45,15 @@ typedef struct {
     PyObject *body; /* list of bytes */
     Py_ssize_t body_size;
     /* outcome */
-    PyObject *done; /* the complete response of the last feed, until take() */
+    PyObject *done; /* the COMPLETE outcome of the current feed, reusable filled in at the end */
+    int got_body;   /* a body byte arrived in the current feed */
     int reusable;
     int too_large;
     int python_error; /* a callback failed with a Python exception set (MemoryError) */
-    PyObject *error;  /* str */
 } Reader;
 
 static llhttp_settings_t reader_settings;
+static PyObject *read_more[2]; /* (READ_MORE, False), (READ_MORE, True) */
 
 static void clear_message(Reader *r) {
     r->headers_done = 0;
@@ -169,6 +171,7 @@ static int on_headers_complete(llhttp_t *parser) {
 
 static int on_body(llhttp_t *parser, const char *at, size_t length) {
     Reader *r = (Reader *)parser->data;
+    r->got_body = 1;
     r->body_size += (Py_ssize_t)length;
     if (r->body_size > r->max_body) {
         r->too_large = 1;
@@ -192,7 +195,7 @@ static int on_message_complete(llhttp_t *parser) {
     }
     if (!llhttp_should_keep_alive(parser)) r->reusable = 0;
     if (r->body == NULL && (r->body = PyList_New(0)) == NULL) return fail_python(r);
-    PyObject *done = PyTuple_New(6);
+    PyObject *done = PyTuple_New(8);
     PyObject *status_object = PyLong_FromLong(status);
     PyObject *size_object = PyLong_FromSsize_t(r->body_size);
     PyObject *reason =
@@ -205,15 +208,30 @@ static int on_message_complete(llhttp_t *parser) {
         return fail_python(r);
     }
     /* The tuple takes over one reference to each item. */
-    PyTuple_SET_ITEM(done, 0, status_object);
-    PyTuple_SET_ITEM(done, 1, reason);
-    PyTuple_SET_ITEM(done, 2, Py_NewRef(r->content_type ? r->content_type : Py_None));
-    PyTuple_SET_ITEM(done, 3, Py_NewRef(r->custom_attributes ? r->custom_attributes : Py_None));
-    PyTuple_SET_ITEM(done, 4, Py_NewRef(r->body));
-    PyTuple_SET_ITEM(done, 5, size_object);
+    PyTuple_SET_ITEM(done, 0, PyLong_FromLong(COMPLETE)); /* a cached small int: cannot fail */
+    PyTuple_SET_ITEM(done, 1, status_object);
+    PyTuple_SET_ITEM(done, 2, reason);
+    PyTuple_SET_ITEM(done, 3, Py_NewRef(r->content_type ? r->content_type : Py_None));
+    PyTuple_SET_ITEM(done, 4, Py_NewRef(r->custom_attributes ? r->custom_attributes : Py_None));
+    PyTuple_SET_ITEM(done, 5, Py_NewRef(r->body));
+    PyTuple_SET_ITEM(done, 6, size_object);
+    PyTuple_SET_ITEM(done, 7, Py_NewRef(Py_True)); /* reusable: set when the feed ends */
     r->done = done;
     clear_message(r);
     return 0;
+}
+
+/* The complete response of this feed, with whether the connection may carry another call. */
+static PyObject *complete(Reader *r) {
+    PyObject *done = r->done;
+    r->done = NULL;
+    if (!r->reusable) {
+        /* Still only ours (refcount 1), so it may be filled in like a new tuple. */
+        PyObject *placeholder = PyTuple_GET_ITEM(done, 7);
+        PyTuple_SET_ITEM(done, 7, Py_NewRef(Py_False));
+        Py_DECREF(placeholder);
+    }
+    return done;
 }
 
 static PyObject *outcome_of(Reader *r, llhttp_errno_t err) {
@@ -221,8 +239,12 @@ static PyObject *outcome_of(Reader *r, llhttp_errno_t err) {
         r->python_error = 0;
         return NULL;
     }
-    if (err == HPE_OK) return PyLong_FromLong(r->done != NULL ? COMPLETE : READ_MORE);
+    if (err == HPE_OK) {
+        return r->done != NULL ? complete(r) : Py_NewRef(read_more[r->got_body ? 1 : 0]);
+    }
     r->reusable = 0;
+    /* A complete answer followed by bytes that are not HTTP: the answer stands. */
+    if (r->done != NULL) return complete(r);
     PyObject *detail;
     if (err == HPE_PAUSED_UPGRADE) {
         detail = PyUnicode_FromString(
@@ -236,15 +258,14 @@ static PyObject *outcome_of(Reader *r, llhttp_errno_t err) {
                                       reason != NULL ? reason : llhttp_errno_name(err));
     }
     if (detail == NULL) return NULL;
-    Py_XSETREF(r->error, detail);
-    /* A complete answer followed by bytes that are not HTTP: the answer stands. */
-    return PyLong_FromLong(r->done != NULL ? COMPLETE : FAILED);
+    return Py_BuildValue("(iN)", FAILED, detail);
 }
 
 static PyObject *Reader_feed(Reader *r, PyObject *data) {
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
     Py_CLEAR(r->done);
+    r->got_body = 0;
     llhttp_errno_t err = llhttp_execute(&r->parser, (const char *)view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     return outcome_of(r, err);
@@ -252,35 +273,13 @@ static PyObject *Reader_feed(Reader *r, PyObject *data) {
 
 static PyObject *Reader_finish(Reader *r, PyObject *Py_UNUSED(ignored)) {
     Py_CLEAR(r->done);
+    r->got_body = 0;
     llhttp_errno_t err = llhttp_finish(&r->parser);
     if (err == HPE_INVALID_EOF_STATE) {
         /* EOF in the middle of a response: not an answer (the caller says what happened). */
-        return PyLong_FromLong(READ_MORE);
+        return Py_NewRef(read_more[0]);
     }
     return outcome_of(r, err);
-}
-
-static PyObject *Reader_take(Reader *r, PyObject *Py_UNUSED(ignored)) {
-    if (r->done == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "no complete response to take");
-        return NULL;
-    }
-    PyObject *done = r->done;
-    r->done = NULL;
-    return done;
-}
-
-static PyObject *Reader_get_body_size(Reader *r, void *Py_UNUSED(closure)) {
-    return PyLong_FromSsize_t(r->body_size);
-}
-
-static PyObject *Reader_get_reusable(Reader *r, void *Py_UNUSED(closure)) {
-    return PyBool_FromLong(r->reusable);
-}
-
-static PyObject *Reader_get_error(Reader *r, void *Py_UNUSED(closure)) {
-    if (r->error == NULL) return PyUnicode_FromString("");
-    return Py_NewRef(r->error);
 }
 
 static int Reader_init(Reader *r, PyObject *args, PyObject *kwargs) {
@@ -290,7 +289,6 @@ static int Reader_init(Reader *r, PyObject *args, PyObject *kwargs) {
     r->max_body = max_body;
     clear_message(r);
     Py_CLEAR(r->done);
-    Py_CLEAR(r->error);
     r->reusable = 1;
     r->too_large = 0;
     r->python_error = 0;
@@ -302,27 +300,14 @@ static int Reader_init(Reader *r, PyObject *args, PyObject *kwargs) {
 static void Reader_dealloc(Reader *r) {
     clear_message(r);
     Py_CLEAR(r->done);
-    Py_CLEAR(r->error);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
 static PyMethodDef Reader_methods[] = {
-    {"feed", (PyCFunction)Reader_feed, METH_O,
-     "Parse the next bytes read; READ_MORE, COMPLETE (see take) or FAILED (see error)."},
+    {"feed", (PyCFunction)Reader_feed, METH_O, "Parse the next bytes read (see response.py)."},
     {"finish", (PyCFunction)Reader_finish, METH_NOARGS,
      "The connection reached EOF: COMPLETE when that ended a close-delimited response."},
-    {"take", (PyCFunction)Reader_take, METH_NOARGS,
-     "The complete response: (status, reason, content_type, custom_attributes, body, size)."},
     {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef Reader_getset[] = {
-    {"body_size", (getter)Reader_get_body_size, NULL, "Body bytes of the response being read.",
-     NULL},
-    {"reusable", (getter)Reader_get_reusable, NULL,
-     "False once the connection must not carry another call.", NULL},
-    {"error", (getter)Reader_get_error, NULL, "Why the last feed FAILED.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject ReaderType = {
@@ -335,7 +320,6 @@ static PyTypeObject ReaderType = {
     .tp_init = (initproc)Reader_init,
     .tp_dealloc = (destructor)Reader_dealloc,
     .tp_methods = Reader_methods,
-    .tp_getset = Reader_getset,
 };
 
 static struct PyModuleDef llresponse_module = {
@@ -356,13 +340,14 @@ PyMODINIT_FUNC PyInit__llresponse(void) {
     reader_settings.on_headers_complete = on_headers_complete;
     reader_settings.on_body = on_body;
     reader_settings.on_message_complete = on_message_complete;
+    for (int i = 0; i < 2; i++) {
+        read_more[i] = Py_BuildValue("(iO)", READ_MORE, i ? Py_True : Py_False);
+        if (read_more[i] == NULL) return NULL;
+    }
     if (PyType_Ready(&ReaderType) < 0) return NULL;
     PyObject *module = PyModule_Create(&llresponse_module);
     if (module == NULL) return NULL;
-    if (PyModule_AddObjectRef(module, "ResponseReader", (PyObject *)&ReaderType) < 0 ||
-        PyModule_AddIntConstant(module, "READ_MORE", READ_MORE) < 0 ||
-        PyModule_AddIntConstant(module, "COMPLETE", COMPLETE) < 0 ||
-        PyModule_AddIntConstant(module, "FAILED", FAILED) < 0) {
+    if (PyModule_AddObjectRef(module, "ResponseReader", (PyObject *)&ReaderType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -48,7 +48,7 @@ from ..errors import (
 )
 from ..security import Guard, PendingSignature
 from . import headers as hdr
-from .response import COMPLETE, FAILED, Response, new_reader
+from .response import COMPLETE, FAILED, CompleteOutcome, Outcome, new_reader
 from .stats import CallStats
 
 # Latencies use perf_counter: uvloop's loop.time() only advances in whole milliseconds. Final: the
@@ -263,16 +263,15 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes while idle: the container broke the protocol; never reuse this connection.
             self.abort()
             return
-        reader = self._reader
-        body_size = reader.body_size
-        outcome = reader.feed(data)
-        if outcome == COMPLETE:
+        outcome = self._reader.feed(data)
+        kind: int = outcome[0]
+        if kind == COMPLETE:
             # Parsed whole, so bytes after the answer (a second response) were seen before
             # anyone can reuse this connection.
-            self._deliver(reader.take())
-        elif outcome == FAILED:
-            self._fail(reader.error)
-        elif reader.body_size == body_size:
+            self._deliver(outcome)
+        elif kind == FAILED:
+            self._fail(outcome[1])
+        elif not outcome[1]:
             # Not one body byte in this read: head, chunk framing or trailers, all of which
             # llhttp would take without limit. Bound them (a read with body resets this).
             self._stall_bytes += len(data)
@@ -289,9 +288,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         waiter = self._waiter
         if waiter is not None:
-            if self._reader.finish() == COMPLETE:
+            outcome = self._reader.finish()
+            if outcome[0] == COMPLETE:
                 # A response delimited by connection close (HTTP/1.0 style) ends here.
-                self._deliver(self._reader.take())
+                self._deliver(outcome)
             else:
                 self._waiter = None
                 state = "in the middle of its response" if self._got_bytes else "before answering"
@@ -306,15 +306,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = None
         self._write = _write_nowhere
 
-    def _deliver(self, response: Response) -> None:
-        if not self._reader.reusable:
+    def _deliver(self, outcome: Outcome) -> None:
+        complete = cast(CompleteOutcome, outcome)
+        _, status, reason, content_type, custom_attributes, body, body_size, reusable = complete
+        if not reusable:
             self.reusable = False
         waiter = self._waiter
         self._waiter = None
         self._got_bytes = False
         self._stall_bytes = 0
         if waiter is not None:
-            status, reason, content_type, custom_attributes, body, body_size = response
             waiter.upstream_response(
                 self,
                 UpstreamResponse(status, reason, content_type, custom_attributes, body, body_size),

@@ -1,17 +1,18 @@
 """Reading a container's responses: the reference reader, on httptools, and the choice of reader.
 
-An upstream connection feeds every read to one reader and gets back one of three outcomes:
+An upstream connection feeds every read to one reader and gets back one tuple, the outcome:
 
-- ``READ_MORE``: no complete response yet;
-- ``COMPLETE``: :meth:`~ResponseReader.take` returns it as ``(status, reason, content_type,
-  custom_attributes, body chunks, body size)``. A complete answer stands even when bytes that
-  are not HTTP, or a second response, follow it in the same read: ``reusable`` is then False;
-- ``FAILED``: no answer; ``error`` says why (invalid HTTP, a body over ``max_body``, a 101
-  switch nobody asked for). The connection cannot be used again.
+- ``(READ_MORE, got_body)``: no complete response yet; ``got_body`` says whether this read
+  carried body bytes, so the caller can bound the reads that carry none;
+- ``(COMPLETE, status, reason, content_type, custom_attributes, body chunks, body size,
+  reusable)``. A complete answer stands even when bytes that are not HTTP, or a second response,
+  follow it in the same read: ``reusable`` is then False, as after ``Connection: close``;
+- ``(FAILED, detail)``: no answer (invalid HTTP, a body over ``max_body``, a 101 switch nobody
+  asked for). The connection cannot be used again.
 
 Interim 1xx responses are skipped, trailer fields are never taken for headers, and a response
-delimited by the connection's close ends at :meth:`~ResponseReader.finish`. ``body_size`` is the
-body read so far of the response in progress, so the caller can bound reads that carry none.
+delimited by the connection's close ends at :meth:`~ResponseReader.finish`, which returns an
+outcome too (``READ_MORE`` when the close cut a response short).
 
 Two implementations keep this contract on the same parser, llhttp 9: ``_llresponse.c`` (the
 callbacks in C, built at install when a compiler works) and :class:`ResponseReader` here, which
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import httptools
 
@@ -30,27 +31,22 @@ READ_MORE: Final = 0
 COMPLETE: Final = 1
 FAILED: Final = 2
 
-#: status, reason, Content-Type, X-Amzn-SageMaker-Custom-Attributes, body chunks, body size
-Response = tuple[int, bytes, bytes | None, bytes | None, list[bytes], int]
+#: One of the three outcomes above (a tuple for speed: one C call returns everything); the
+#: complete one also as its exact type, for the compiled reader of an outcome to unpack it by
+#: position (unpacking a tuple of unknown length iterates it).
+Outcome = tuple[Any, ...]
+CompleteOutcome = tuple[int, int, bytes, bytes | None, bytes | None, list[bytes], int, bool]
+
+_READ_MORE_NO_BODY: Final[Outcome] = (READ_MORE, False)
+_READ_MORE_WITH_BODY: Final[Outcome] = (READ_MORE, True)
 
 
 class ResponseReading(Protocol):
     """What an upstream connection needs from a reader (both implementations)."""
 
-    @property
-    def body_size(self) -> int: ...
+    def feed(self, data: bytes) -> Outcome: ...
 
-    @property
-    def reusable(self) -> bool: ...
-
-    @property
-    def error(self) -> str: ...
-
-    def feed(self, data: bytes) -> int: ...
-
-    def finish(self) -> int: ...
-
-    def take(self) -> Response: ...
+    def finish(self) -> Outcome: ...
 
 
 class _BodyTooLarge(Exception):
@@ -66,14 +62,14 @@ class ResponseReader:
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
         self._parser = httptools.HttpResponseParser(self)
-        self._done: Response | None = None
-        self.reusable = True
-        self.error = ""
+        self._done: tuple[int, bytes, bytes | None, bytes | None, list[bytes], int] | None = None
+        self._reusable = True
+        self._got_body = False
         self._reset()
 
     def _reset(self) -> None:
         self._body: list[bytes] = []
-        self.body_size = 0
+        self._body_size = 0
         self._content_type: bytes | None = None
         self._custom_attributes: bytes | None = None
         self._reason = b""
@@ -83,8 +79,9 @@ class ResponseReader:
         self._status = 0
 
     # the contract
-    def feed(self, data: bytes) -> int:
+    def feed(self, data: bytes) -> Outcome:
         self._done = None
+        self._got_body = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -98,35 +95,35 @@ class ResponseReader:
             return self._failed(f"invalid HTTP response ({exc})")
         return self._outcome()
 
-    def finish(self) -> int:
+    def finish(self) -> Outcome:
         self._done = None
+        self._got_body = False
         if self._headers_done and not self._framed:
             self.on_message_complete()  # a response delimited by the connection's close
         return self._outcome()
 
-    def _outcome(self) -> int:
+    def _outcome(self) -> Outcome:
         # A method of its own: right after "self._done = None" above, mypy (and so mypyc)
         # would take self._done for None although the parser's callbacks have set it since.
-        return READ_MORE if self._done is None else COMPLETE
-
-    def take(self) -> Response:
-        done, self._done = self._done, None
+        done = self._done
         if done is None:
-            raise RuntimeError("no complete response to take")
-        return done
+            return _READ_MORE_WITH_BODY if self._got_body else _READ_MORE_NO_BODY
+        self._done = None
+        return (COMPLETE, *done, self._reusable)
 
-    def _failed(self, detail: str) -> int:
-        self.reusable = False
-        self.error = detail
-        # A complete answer followed by bytes that are not HTTP: the answer stands.
-        return FAILED if self._done is None else COMPLETE
+    def _failed(self, detail: str) -> Outcome:
+        self._reusable = False
+        if self._done is not None:
+            # A complete answer followed by bytes that are not HTTP: the answer stands.
+            return self._outcome()
+        return (FAILED, detail)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
         if self._done is not None:
             # A second response in the same read as the first: the container answered more
             # than it was asked. The first answer stands; the connection is never reused.
-            self.reusable = False
+            self._reusable = False
         self._reset()
 
     def on_status(self, reason: bytes) -> None:
@@ -157,8 +154,9 @@ class ResponseReader:
             self._framed = True
 
     def on_body(self, body: bytes) -> None:
-        self.body_size += len(body)
-        if self.body_size > self._max_body:
+        self._got_body = True
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
             raise _BodyTooLarge(f"the response is larger than the {self._max_body}-byte limit")
         self._body.append(body)
 
@@ -172,14 +170,14 @@ class ResponseReader:
             self._reset()
             return
         if not self._parser.should_keep_alive() or not self._framed:
-            self.reusable = False
+            self._reusable = False
         self._done = (
             status,
             self._reason,
             self._content_type,
             self._custom_attributes,
             self._body,
-            self.body_size,
+            self._body_size,
         )
         self._reset()
 
