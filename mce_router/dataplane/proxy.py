@@ -928,7 +928,7 @@ class RuntimeServer:
         # Request ids end in the 12-hex-digit request count: its first 10 digits change every
         # 256 requests and are formatted then, the last 2 come from a table.
         self._request_id_block = self._request_id_head + b"%010x" % 0
-        #: Header lines built per distinct value, not per request (bounded, see _cached_line).
+        #: Header lines built per distinct value, not per request (at most _CACHED_LINES).
         self._content_length_lines: dict[int, bytes] = {}
         self._content_type_lines: dict[bytes, bytes] = {}
         # Status line and headers only: _write_raw adds Content-Length (twice was a framing
