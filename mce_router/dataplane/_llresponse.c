@@ -246,7 +246,9 @@ static PyObject *outcome_of(Reader *r, llhttp_errno_t err) {
     /* A complete answer followed by bytes that are not HTTP: the answer stands. */
     if (r->done != NULL) return complete(r);
     PyObject *detail;
-    if (err == HPE_PAUSED_UPGRADE) {
+    if (err == HPE_PAUSED_UPGRADE && r->parser.upgrade) {
+        /* As httptools: only a 101 that names an Upgrade is a switch; llhttp also stops at a
+         * bare 101, which then reads as an invalid response (below). */
         detail = PyUnicode_FromString(
             "the container switched protocols (101) although nobody asked it to");
     } else if (r->too_large) {

@@ -129,6 +129,14 @@ CASES: dict[str, tuple[bytes, bool, list[Event]]] = {
             ("reusable", False),
         ],
     ),
+    "a bare 101 (no Upgrade named) is not a switch but invalid": (
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        False,
+        [
+            ("failed", "invalid HTTP response (Pause on CONNECT/Upgrade)"),
+            ("reusable", False),
+        ],
+    ),
     "not HTTP": (
         b"SSH-2.0-OpenSSH\r\n\r\n",
         False,
