@@ -28,9 +28,27 @@ _NATIVE_READER_SOURCE = "_llresponse.c"
 _MANIFEST = _HERE / "_compiled_sources.json"
 
 
+def _python_requested() -> bool:
+    return os.environ.get("MCE_ROUTER_PURE_PYTHON", "").strip() not in ("", "0")
+
+
+def _recorded_hashes() -> dict[str, str] | None:
+    """The manifest the build wrote (source name -> SHA-256), None when missing or unreadable."""
+    try:
+        recorded = json.loads(_MANIFEST.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _built_from_here(recorded: dict[str, str], key: str, source_name: str) -> bool:
+    source = (_HERE / source_name).read_bytes()
+    return recorded.get(key) == hashlib.sha256(source).hexdigest()
+
+
 def _why_source() -> str | None:
     """Why the compiled modules must not be used, or None when they may (or do not exist)."""
-    if os.environ.get("MCE_ROUTER_PURE_PYTHON", "").strip() not in ("", "0"):
+    if _python_requested():
         return "MCE_ROUTER_PURE_PYTHON is set"
     if not any(
         (_HERE / f"{name}{suffix}").exists()
@@ -38,25 +56,24 @@ def _why_source() -> str | None:
         for suffix in importlib.machinery.EXTENSION_SUFFIXES
     ):
         return None
-    try:
-        recorded = json.loads(_MANIFEST.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    recorded = _recorded_hashes()
+    if recorded is None:
         return f"{_MANIFEST.name} is missing or unreadable"
     for name in _COMPILED:
-        source = (_HERE / f"{name}.py").read_bytes()
-        if recorded.get(name) != hashlib.sha256(source).hexdigest():
+        if not _built_from_here(recorded, name, f"{name}.py"):
             return f"{name}.py changed since it was compiled (reinstall to recompile)"
     return None
 
 
 def native_reader_allowed() -> bool:
-    """The C response reader may be used: it was built from the source that is here now."""
-    try:
-        recorded = json.loads(_MANIFEST.read_text(encoding="utf-8"))
-        source = (_HERE / _NATIVE_READER_SOURCE).read_bytes()
-    except (OSError, ValueError):
+    """The C response reader may be used: Python was not asked for, and the reader was built
+    from the source that is here now."""
+    if _python_requested():
         return False
-    return bool(recorded.get(_NATIVE_READER_SOURCE) == hashlib.sha256(source).hexdigest())
+    recorded = _recorded_hashes()
+    return recorded is not None and _built_from_here(
+        recorded, _NATIVE_READER_SOURCE, _NATIVE_READER_SOURCE
+    )
 
 
 def _load_sources() -> None:

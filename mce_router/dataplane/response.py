@@ -21,7 +21,6 @@ is the fallback and the reference the tests hold the C one to. :func:`new_reader
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
@@ -184,8 +183,6 @@ class ResponseReader:
 
 def _native_reader() -> Callable[[int], ResponseReading] | None:
     """The C reader, when it was built and may be used (as for the mypyc-compiled modules)."""
-    if os.environ.get("MCE_ROUTER_PURE_PYTHON", "").strip() not in ("", "0"):
-        return None
     from . import native_reader_allowed
 
     if not native_reader_allowed():
