@@ -88,6 +88,8 @@ class Stack:
     proxy_port: int = 0
     proxy_echo_port: int = 0
     proxy_model_port: int = 0
+    #: nginx proxying large bodies to the nginx origin (in-memory buffers, as for the echo).
+    proxy_sink_port: int = 0
     router_port: int = 0
     #: The lean reference proxy and the router with its hot path as Python source.
     lean_port: int = 0
@@ -107,16 +109,18 @@ class Stack:
 
 def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofile: int) -> Stack:
     # 15 origin ports, echo container, 2 nginx proxy ports, router + admin, lean proxy, pure-Python
-    # router + admin, 2 routers per variant, then the model container and its nginx proxy port.
-    ports = free_ports(15 + 1 + 2 + 2 + 3 + 4 * len(VARIANTS) + 2)
+    # router + admin, 2 routers per variant, then the model container and its nginx proxy port,
+    # then nginx's large-body port to the origin.
+    ports = free_ports(15 + 1 + 2 + 2 + 3 + 4 * len(VARIANTS) + 3)
     stack = Stack(workdir, procs)
     stack.origin_ports = ports[:15]
     stack.echo_port = ports[15]
     stack.proxy_port, stack.proxy_echo_port = ports[16], ports[17]
     stack.router_port, router_admin = ports[18], ports[19]
     stack.lean_port, stack.pure_port, pure_admin = ports[20], ports[21], ports[22]
-    stack.model_port, stack.proxy_model_port = ports[-2], ports[-1]
-    spare = ports[23:-2]
+    stack.model_port, stack.proxy_model_port = ports[-3], ports[-2]
+    stack.proxy_sink_port = ports[-1]
+    spare = ports[23:-3]
 
     for name, size in (("small", len(REQUEST_BODY)), ("1m", MIB), ("6m", 6 * MIB)):
         path = workdir / f"body-{name}.bin"
@@ -152,6 +156,7 @@ def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofil
             "ECHO_PORT": stack.echo_port,
             "MODEL_PROXY_PORT": stack.proxy_model_port,
             "MODEL_PORT": stack.model_port,
+            "ORIGIN_BODY_PROXY_PORT": stack.proxy_sink_port,
         },
         cpu=PROXY_CPU,
         ping_port=stack.proxy_port,
@@ -322,6 +327,15 @@ def sanity_check(stack: Stack) -> None:
                 size_body,
             ),
         ]
+    # The origin reads and drops a large body and answers its fixed body, through either proxy.
+    checks += [
+        ("sink direct 6 MiB", f"http://{HOST}:{stack.origin_ports[0]}/invocations", big, octet,
+         ORIGIN_BODY),
+        ("sink nginx 6 MiB", f"http://{HOST}:{stack.proxy_sink_port}/invocations", big, octet,
+         ORIGIN_BODY),
+        ("sink router 6 MiB", stack.router_url("direct"), big,
+         {**octet, TARGET_HEADER: "origin"}, ORIGIN_BODY),
+    ]  # fmt: skip
     # The model container's own answer to the batch is what both proxies must return.
     model_url = f"http://{HOST}:{stack.model_port}/invocations"
     status, scored = post(model_url, MODEL_BATCH_BODY, json_ct)
@@ -473,14 +487,21 @@ def build_cases(stack: Stack, args: argparse.Namespace) -> list[Case]:
                 proxy=proxy,
             )
         )
+    # Large bodies two ways: posted to the nginx origin, which reads and drops them and answers
+    # its fixed body (what the proxy itself sustains, the setup of the table), and
+    # echoed by the Python container (1 MiB each way; the container is the bottleneck).
+    sink_nginx_url = f"http://{HOST}:{stack.proxy_sink_port}/invocations"
     for size, nbytes in (("1m", MIB), ("6m", 6 * MIB)):
         for path, url, targets, proxy in (
+            ("sink-direct", origin_url, (), "origin"),
+            ("sink-nginx", sink_nginx_url, (), "nginx"),
+            ("sink-router", stack.router_url("direct"), ("origin",), "router"),
             ("echo-direct", echo_url, (), "echo"),
             ("echo-nginx", echo_nginx_url, (), "nginx"),
             ("echo-router", stack.router_url("echo"), ("echo",), "router"),
         ):
-            if size == "6m" and path == "echo-direct":
-                continue  # the 1 MiB direct row shows the container's ceiling
+            if size == "6m" and path.endswith("-direct"):
+                continue  # the 1 MiB direct rows show the origin's and container's ceilings
             cases.append(
                 Case(
                     f"body{size}.{path}",

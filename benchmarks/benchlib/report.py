@@ -145,9 +145,11 @@ def derive(
         g("c64.model-nginx", "rps"), g("c64.model-direct", "rps")
     )
     for size in ("1m", "6m"):
-        d[f"mbps_router_over_nginx.{size}"] = _ratio(
-            g(f"body{size}.echo-router", "mb_per_s"), g(f"body{size}.echo-nginx", "mb_per_s")
-        )
+        for origin in ("sink", "echo"):
+            d[f"mbps_router_over_nginx.{origin}.{size}"] = _ratio(
+                g(f"body{size}.{origin}-router", "mb_per_s"),
+                g(f"body{size}.{origin}-nginx", "mb_per_s"),
+            )
         entry = summary.get(f"body{size}.echo-router")
         if entry and "rss_peak" in entry:
             body = entry["body_bytes"]
@@ -208,8 +210,18 @@ def targets(derived: dict[str, Any], idle: dict[str, Any] | None) -> list[dict[s
         None if worst is None else worst <= 1.5,
         f"latency {_x(lat)}, CPU {_x(cpu)}",
     )
-    r = derived.get("mbps_router_over_nginx.1m")
-    add("1 MiB bodies >= 1.0 x nginx MB/s", r, None if r is None else r >= 1.0, _x(r))
+    # Both ways must pass: the proxy's own rate (to the nginx origin, the setup) and in
+    # front of the echo container (1 MiB each way; the container is the bottleneck).
+    sink = derived.get("mbps_router_over_nginx.sink.1m")
+    echo = derived.get("mbps_router_over_nginx.echo.1m")
+    worst = None if sink is None or echo is None else min(sink, echo)
+    add(
+        "1 MiB bodies >= 1.0 x nginx MB/s",
+        worst,
+        None if worst is None else worst >= 1.0,
+        f"{_x(sink)} to the nginx origin (the proxy's own rate); {_x(echo)} echoed by the "
+        "Python container (its bottleneck)",
+    )
     peak = derived.get("router_rss_peak.1m")
     growth = derived.get("router_rss_growth.1m")
     bound = derived.get("router_rss_growth_bound.1m")
@@ -274,6 +286,9 @@ LABELS = {
     "router-direct15": "router, Direct over 15 containers (round-robin)",
     "router-pure": "router, Direct, hot path run as Python source (MCE_ROUTER_PURE_PYTHON=1)",
     "lean": "lean reference proxy: ~100 lines of Python, no features (reference/lean_proxy.py)",
+    "sink-direct": "direct to nginx origin (reads and drops the body)",
+    "sink-nginx": "nginx proxy -> nginx origin",
+    "sink-router": "router, Direct -> nginx origin",
     "echo-direct": "direct to Python echo container",
     "echo-nginx": "nginx proxy -> Python echo container",
     "echo-router": "router, Direct -> Python echo container",
@@ -396,7 +411,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"one: {_x(derived.get('rps_direct15_over_direct'))}.\n"
     )
 
-    w(f"## Large bodies, echoed ({cfg['body_connections']} connections)\n")
+    w(f"## Large bodies ({cfg['body_connections']} connections)\n")
     w(
         "| body | path | req/s | MB/s | p50 | p99 | proxy peak RSS (most added in a run) "
         "| errors / non-2xx | vs nginx "
@@ -407,7 +422,8 @@ def markdown(result: dict[str, Any]) -> str:
         if e["group"] != "body":
             continue
         size = "1m" if e["body_bytes"] == MIB else "6m"
-        ref = _get(summary, f"body{size}.echo-nginx", "mb_per_s")
+        origin = e["path"].split("-", 1)[0]  # sink or echo
+        ref = _get(summary, f"body{size}.{origin}-nginx", "mb_per_s")
         w(
             f"| {e['body_bytes'] // MIB} MiB | {label(e['path'])} | {_num(e['rps'], '{:,.1f}')} "
             f"| {_num(e['mb_per_s'], '{:,.1f}')} | {_lat(e['p50_us'])} | {_lat(e['p99_us'])} | "
@@ -415,7 +431,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"{e['socket_errors']} / {e['non_2xx']} | "
             f"{_x(_ratio(e['mb_per_s'], ref))} | {_rounds(e)} |"
         )
-    w("\nMB/s = 10^6 bytes of request body per second (the same amount comes back).\n")
+    w(
+        "\nMB/s = 10^6 bytes of request body per second. The nginx origin reads and drops the "
+        "body and answers its fixed JSON; the echo container sends the same amount back.\n"
+    )
 
     idle = result.get("idle")
     w("## Idle keep-alive client connections (a fresh router, Direct endpoint only)\n")
@@ -590,7 +609,7 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
         fontsize=8,
     )
     ax.margins(y=0.18)
-    ax.set_title("Large bodies echoed: MB/s (label: proxy peak RSS)")
+    ax.set_title("Large bodies: MB/s (label: proxy peak RSS)")
     ax.tick_params(axis="x", labelsize=8)
 
     ax = axes[1][1]

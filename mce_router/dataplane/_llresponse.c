@@ -44,6 +44,8 @@ typedef struct {
     PyObject *custom_attributes;
     PyObject *body; /* list of bytes */
     Py_ssize_t body_size;
+    /* the bytes object being fed (borrowed, NULL between feeds or when not exact bytes) */
+    PyObject *feeding;
     /* outcome */
     PyObject *done; /* the COMPLETE outcome of the current feed, reusable filled in at the end */
     int got_body;   /* a body byte arrived in the current feed */
@@ -177,8 +179,16 @@ static int on_body(llhttp_t *parser, const char *at, size_t length) {
         r->too_large = 1;
         return HPE_USER;
     }
-    PyObject *chunk = PyBytes_FromStringAndSize(at, (Py_ssize_t)length);
-    if (chunk == NULL) return fail_python(r);
+    PyObject *chunk;
+    if (r->feeding != NULL && at == PyBytes_AS_STRING(r->feeding) &&
+        (Py_ssize_t)length == PyBytes_GET_SIZE(r->feeding)) {
+        /* The whole read is body (most reads of a large one): keep the bytes object itself
+         * instead of copying it. */
+        chunk = Py_NewRef(r->feeding);
+    } else {
+        chunk = PyBytes_FromStringAndSize(at, (Py_ssize_t)length);
+        if (chunk == NULL) return fail_python(r);
+    }
     int failed = PyList_Append(r->body, chunk);
     Py_DECREF(chunk);
     return failed ? fail_python(r) : 0;
@@ -268,7 +278,9 @@ static PyObject *Reader_feed(Reader *r, PyObject *data) {
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
     Py_CLEAR(r->done);
     r->got_body = 0;
+    r->feeding = PyBytes_CheckExact(data) ? data : NULL;
     llhttp_errno_t err = llhttp_execute(&r->parser, (const char *)view.buf, (size_t)view.len);
+    r->feeding = NULL;
     PyBuffer_Release(&view);
     return outcome_of(r, err);
 }

@@ -1007,6 +1007,9 @@ class _RequestRejected(Exception):
 
 
 _PENDING_LIMIT: Final = 8  # pipelined requests parsed ahead before reading pauses
+#: A Content-Length body with at least this much still to come is taken from the reads as they
+#: are (no parser): httptools would copy every body byte into a new bytes object.
+_RAW_BODY_MIN: Final = 65536
 _NO_DEADLINE: Final = float("inf")
 
 
@@ -1026,6 +1029,7 @@ class ClientConnection(asyncio.Protocol):
         "_paused",
         "_pending",
         "_problem",
+        "_raw_body_left",
         "_raw_headers",
         "_read_at",
         "_serving_pending",
@@ -1079,6 +1083,15 @@ class ClientConnection(asyncio.Protocol):
         self._header_count = 0
         self._body: list[bytes] = []
         self._body_size = 0
+        #: Body bytes data_received takes as they come, without the parser (_RAW_BODY_MIN).
+        self._raw_body_left = 0
+
+    def _renew_parser(self) -> None:
+        # The old parser still counts on the body it handed over to data_received.
+        parser = self.parser = httptools.HttpRequestParser(self)
+        self._feed = parser.feed_data
+        self._get_method = parser.get_method
+        self._keep_alive = parser.should_keep_alive
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -1126,6 +1139,10 @@ class ClientConnection(asyncio.Protocol):
         if self.closing:
             return  # answered and closing: what the client still sends is discarded
         self._read_at = _clock()  # the base of the deadlines the parser callbacks set
+        if self._raw_body_left:
+            data = self._take_raw_body(data)
+            if not data:
+                return
         try:
             self._feed(data)
         except httptools.HttpParserUpgrade:
@@ -1152,6 +1169,12 @@ class ClientConnection(asyncio.Protocol):
                 self._head_bytes += len(data)
                 if self._head_bytes > self.server.max_header_bytes:
                     self._reject(_headers_too_large(self.server))
+        elif self._header_count and not self._headers.chunked:
+            # A request is still in progress (on_message_complete zeroes the count): past its
+            # head and not chunked, so its body has a Content-Length and is still arriving.
+            length = self._headers.content_length
+            if length is not None and length - self._body_size >= _RAW_BODY_MIN:
+                self._raw_body_left = length - self._body_size
         elif self._headers.chunked:
             # The same for a chunked body's framing and trailer section: reads that carry no
             # body byte count, a read with body bytes starts over.
@@ -1167,6 +1190,24 @@ class ClientConnection(asyncio.Protocol):
                             f"{self.server.max_header_bytes} bytes."
                         )
                     )
+
+    def _take_raw_body(self, data: bytes) -> bytes:
+        """Take the body's next bytes from ``data`` as the parser would; return what follows."""
+        left = self._raw_body_left
+        if len(data) <= left:
+            body, rest = data, b""
+        else:
+            body, rest = data[:left], data[left:]
+        self._raw_body_left = left - len(body)
+        try:
+            self.on_body(body)
+            if not self._raw_body_left:
+                self.on_message_complete()
+                self._renew_parser()
+        except _RequestRejected as exc:
+            self._reject(exc.error)
+            return b""
+        return b"" if self.closing else rest
 
     # flow control: called by the transport around its write-buffer high-water mark
     def pause_writing(self) -> None:

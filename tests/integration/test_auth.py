@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -237,14 +238,25 @@ async def test_invocations_work_end_to_end_when_signed(
                 "Containers": [{"ContainerHostname": "common", "Image": FAULT_IMAGE}],
             },
         )
+        runtime = client("sagemaker-runtime", router.runtime_url, ALICE)
         response = await invoke(
-            client("sagemaker-runtime", router.runtime_url, ALICE),
+            runtime,
             EndpointName="signed",
             TargetContainerHostname="common",
             Body=b"payload",
             ContentType="text/plain",
         )
         assert response["Body"] == b"payload"
+        # A body large enough to arrive over many reads: the signature covers every byte.
+        large = random.Random(3).randbytes(1024 * 1024)
+        response = await invoke(
+            runtime,
+            EndpointName="signed",
+            TargetContainerHostname="common",
+            Body=large,
+            ContentType="application/octet-stream",
+        )
+        assert response["Body"] == large
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])
