@@ -553,6 +553,7 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
     colors = {
         "origin": "#7f7f7f",
         "nginx": "#2ca02c",
+        "sink-direct": "#7f7f7f",
         "echo-direct": "#7f7f7f",
         "model-direct": "#7f7f7f",
     }
@@ -610,7 +611,7 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
     )
     ax.margins(y=0.18)
     ax.set_title("Large bodies: MB/s (label: proxy peak RSS)")
-    ax.tick_params(axis="x", labelsize=8)
+    ax.tick_params(axis="x", labelsize=8, labelrotation=30)
 
     ax = axes[1][1]
     cpu = [
