@@ -1169,12 +1169,6 @@ class ClientConnection(asyncio.Protocol):
                 self._head_bytes += len(data)
                 if self._head_bytes > self.server.max_header_bytes:
                     self._reject(_headers_too_large(self.server))
-        elif self._header_count and not self._headers.chunked:
-            # A request is still in progress (on_message_complete zeroes the count): past its
-            # head and not chunked, so its body has a Content-Length and is still arriving.
-            length = self._headers.content_length
-            if length is not None and length - self._body_size >= _RAW_BODY_MIN:
-                self._raw_body_left = length - self._body_size
         elif self._headers.chunked:
             # The same for a chunked body's framing and trailer section: reads that carry no
             # body byte count, a read with body bytes starts over.
@@ -1190,6 +1184,12 @@ class ClientConnection(asyncio.Protocol):
                             f"{self.server.max_header_bytes} bytes."
                         )
                     )
+        elif self._header_count:
+            # A request is still in progress (on_message_complete zeroes the count): past its
+            # head and not chunked, so its body has a Content-Length and is still arriving.
+            length = self._headers.content_length
+            if length is not None and length - self._body_size >= _RAW_BODY_MIN:
+                self._raw_body_left = length - self._body_size
 
     def _take_raw_body(self, data: bytes) -> bytes:
         """Take the body's next bytes from ``data`` as the parser would; return what follows."""
