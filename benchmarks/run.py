@@ -90,6 +90,9 @@ class Stack:
     proxy_model_port: int = 0
     #: nginx proxying large bodies to the nginx origin (in-memory buffers, as for the echo).
     proxy_sink_port: int = 0
+    #: A second nginx with its defaults for large bodies (temp files): to the origin, the echo.
+    plain_sink_port: int = 0
+    plain_echo_port: int = 0
     router_port: int = 0
     #: The lean reference proxy and the router with its hot path as Python source.
     lean_port: int = 0
@@ -110,17 +113,18 @@ class Stack:
 def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofile: int) -> Stack:
     # 15 origin ports, echo container, 2 nginx proxy ports, router + admin, lean proxy, pure-Python
     # router + admin, 2 routers per variant, then the model container and its nginx proxy port,
-    # then nginx's large-body port to the origin.
-    ports = free_ports(15 + 1 + 2 + 2 + 3 + 4 * len(VARIANTS) + 3)
+    # then nginx's large-body port to the origin, then the plain nginx's two ports.
+    ports = free_ports(15 + 1 + 2 + 2 + 3 + 4 * len(VARIANTS) + 5)
     stack = Stack(workdir, procs)
     stack.origin_ports = ports[:15]
     stack.echo_port = ports[15]
     stack.proxy_port, stack.proxy_echo_port = ports[16], ports[17]
     stack.router_port, router_admin = ports[18], ports[19]
     stack.lean_port, stack.pure_port, pure_admin = ports[20], ports[21], ports[22]
-    stack.model_port, stack.proxy_model_port = ports[-3], ports[-2]
-    stack.proxy_sink_port = ports[-1]
-    spare = ports[23:-3]
+    stack.model_port, stack.proxy_model_port = ports[-5], ports[-4]
+    stack.proxy_sink_port = ports[-3]
+    stack.plain_sink_port, stack.plain_echo_port = ports[-2], ports[-1]
+    spare = ports[23:-5]
 
     for name, size in (("small", len(REQUEST_BODY)), ("1m", MIB), ("6m", 6 * MIB)):
         path = workdir / f"body-{name}.bin"
@@ -164,6 +168,25 @@ def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofil
         nofile=nofile,
     )
     log(f"nginx proxy on {stack.proxy_port} (echo: {stack.proxy_echo_port}), CPU {PROXY_CPU}")
+    stack.processes["nginx-plain"] = start_nginx(
+        procs,
+        "proxy-nginx-plain",
+        "proxy-plain.conf.tmpl",
+        {
+            "PORT": stack.plain_sink_port,
+            "ECHO_PROXY_PORT": stack.plain_echo_port,
+            "ORIGIN_PORT": stack.origin_ports[0],
+            "ECHO_PORT": stack.echo_port,
+        },
+        cpu=PROXY_CPU,
+        ping_port=stack.plain_sink_port,
+        ping_path="/ping",
+        nofile=nofile,
+    )
+    log(
+        f"nginx proxy with default body buffering on {stack.plain_sink_port} "
+        f"(echo: {stack.plain_echo_port}), CPU {PROXY_CPU}"
+    )
     main = start_router(
         procs,
         "router",
@@ -320,6 +343,13 @@ def sanity_check(stack: Stack) -> None:
                 size_body,
             ),
             (
+                f"echo nginx-plain {name}",
+                f"http://{HOST}:{stack.plain_echo_port}/invocations",
+                size_body,
+                octet,
+                size_body,
+            ),
+            (
                 f"echo router {name}",
                 stack.router_url("echo"),
                 size_body,
@@ -333,6 +363,8 @@ def sanity_check(stack: Stack) -> None:
          ORIGIN_BODY),
         ("sink nginx 6 MiB", f"http://{HOST}:{stack.proxy_sink_port}/invocations", big, octet,
          ORIGIN_BODY),
+        ("sink nginx-plain 6 MiB", f"http://{HOST}:{stack.plain_sink_port}/invocations", big,
+         octet, ORIGIN_BODY),
         ("sink router 6 MiB", stack.router_url("direct"), big,
          {**octet, TARGET_HEADER: "origin"}, ORIGIN_BODY),
     ]  # fmt: skip
@@ -489,17 +521,23 @@ def build_cases(stack: Stack, args: argparse.Namespace) -> list[Case]:
         )
     # Large bodies two ways: posted to the nginx origin, which reads and drops them and answers
     # its fixed body (what the proxy itself sustains, the setup of the table), and
-    # echoed by the Python container (1 MiB each way; the container is the bottleneck).
+    # echoed by the Python container (1 MiB each way; the container is the bottleneck). nginx
+    # twice: as a plain proxy (its defaults put such bodies in temp files) and tuned to hold
+    # them in memory, as the router does.
     sink_nginx_url = f"http://{HOST}:{stack.proxy_sink_port}/invocations"
     for size, nbytes in (("1m", MIB), ("6m", 6 * MIB)):
         for path, url, targets, proxy in (
             ("sink-direct", origin_url, (), "origin"),
+            ("sink-nginx-plain", f"http://{HOST}:{stack.plain_sink_port}/invocations", (),
+             "nginx-plain"),
             ("sink-nginx", sink_nginx_url, (), "nginx"),
             ("sink-router", stack.router_url("direct"), ("origin",), "router"),
             ("echo-direct", echo_url, (), "echo"),
+            ("echo-nginx-plain", f"http://{HOST}:{stack.plain_echo_port}/invocations", (),
+             "nginx-plain"),
             ("echo-nginx", echo_nginx_url, (), "nginx"),
             ("echo-router", stack.router_url("echo"), ("echo",), "router"),
-        ):
+        ):  # fmt: skip
             if size == "6m" and path.endswith("-direct"):
                 continue  # the 1 MiB direct rows show the origin's and container's ceilings
             cases.append(

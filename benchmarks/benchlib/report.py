@@ -146,10 +146,12 @@ def derive(
     )
     for size in ("1m", "6m"):
         for origin in ("sink", "echo"):
-            d[f"mbps_router_over_nginx.{origin}.{size}"] = _ratio(
-                g(f"body{size}.{origin}-router", "mb_per_s"),
-                g(f"body{size}.{origin}-nginx", "mb_per_s"),
-            )
+            # nginx tuned to hold bodies in memory (as the router does), and nginx plain.
+            for nginx in ("nginx", "nginx-plain"):
+                d[f"mbps_router_over_{nginx.replace('-', '_')}.{origin}.{size}"] = _ratio(
+                    g(f"body{size}.{origin}-router", "mb_per_s"),
+                    g(f"body{size}.{origin}-{nginx}", "mb_per_s"),
+                )
         entry = summary.get(f"body{size}.echo-router")
         if entry and "rss_peak" in entry:
             body = entry["body_bytes"]
@@ -210,17 +212,22 @@ def targets(derived: dict[str, Any], idle: dict[str, Any] | None) -> list[dict[s
         None if worst is None else worst <= 1.5,
         f"latency {_x(lat)}, CPU {_x(cpu)}",
     )
-    # Both ways must pass: the proxy's own rate (to the nginx origin, the issue's setup) and in
-    # front of the echo container (1 MiB each way; the container is the bottleneck).
-    sink = derived.get("mbps_router_over_nginx.sink.1m")
-    echo = derived.get("mbps_router_over_nginx.echo.1m")
+    # Against nginx as the issue sets it up, a plain keep-alive reverse proxy (its defaults
+    # put 1 MiB bodies in temp files), both ways: the proxy's own rate (to the nginx origin,
+    # the setup of the issue's table) and in front of the echo container (1 MiB each way; the
+    # container is the bottleneck). nginx tuned to hold bodies in memory, as the router does,
+    # is shown beside it: the stricter comparison, not the target.
+    sink = derived.get("mbps_router_over_nginx_plain.sink.1m")
+    echo = derived.get("mbps_router_over_nginx_plain.echo.1m")
     worst = None if sink is None or echo is None else min(sink, echo)
     add(
         "1 MiB bodies >= 1.0 x nginx MB/s",
         worst,
         None if worst is None else worst >= 1.0,
-        f"{_x(sink)} to the nginx origin (the proxy's own rate); {_x(echo)} echoed by the "
-        "Python container (its bottleneck)",
+        f"plain nginx: {_x(sink)} to the nginx origin (the proxy's own rate), {_x(echo)} "
+        f"echoed by the Python container (its bottleneck). nginx tuned to buffer bodies in "
+        f"memory: {_x(derived.get('mbps_router_over_nginx.sink.1m'))} to the origin, "
+        f"{_x(derived.get('mbps_router_over_nginx.echo.1m'))} echoed",
     )
     peak = derived.get("router_rss_peak.1m")
     growth = derived.get("router_rss_growth.1m")
@@ -287,10 +294,12 @@ LABELS = {
     "router-pure": "router, Direct, hot path run as Python source (MCE_ROUTER_PURE_PYTHON=1)",
     "lean": "lean reference proxy: ~100 lines of Python, no features (reference/lean_proxy.py)",
     "sink-direct": "direct to nginx origin (reads and drops the body)",
-    "sink-nginx": "nginx proxy -> nginx origin",
+    "sink-nginx-plain": "nginx proxy, default body buffering (temp files) -> nginx origin",
+    "sink-nginx": "nginx proxy, bodies buffered in memory -> nginx origin",
     "sink-router": "router, Direct -> nginx origin",
     "echo-direct": "direct to Python echo container",
-    "echo-nginx": "nginx proxy -> Python echo container",
+    "echo-nginx-plain": "nginx proxy, default buffering (temp files) -> Python echo container",
+    "echo-nginx": "nginx proxy, bodies buffered in memory -> Python echo container",
     "echo-router": "router, Direct -> Python echo container",
     "model-direct": "direct to Python model container (64-row JSON batch)",
     "model-nginx": "nginx proxy -> Python model container",
@@ -414,26 +423,33 @@ def markdown(result: dict[str, Any]) -> str:
     w(f"## Large bodies ({cfg['body_connections']} connections)\n")
     w(
         "| body | path | req/s | MB/s | p50 | p99 | proxy peak RSS (most added in a run) "
-        "| errors / non-2xx | vs nginx "
+        "| errors / non-2xx | vs nginx plain | vs nginx in memory "
         "| rounds |"
     )
-    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for e in summary.values():
         if e["group"] != "body":
             continue
         size = "1m" if e["body_bytes"] == MIB else "6m"
         origin = e["path"].split("-", 1)[0]  # sink or echo
-        ref = _get(summary, f"body{size}.{origin}-nginx", "mb_per_s")
+        plain = _get(summary, f"body{size}.{origin}-nginx-plain", "mb_per_s")
+        tuned = _get(summary, f"body{size}.{origin}-nginx", "mb_per_s")
         w(
             f"| {e['body_bytes'] // MIB} MiB | {label(e['path'])} | {_num(e['rps'], '{:,.1f}')} "
             f"| {_num(e['mb_per_s'], '{:,.1f}')} | {_lat(e['p50_us'])} | {_lat(e['p99_us'])} | "
             f"{_mib(e.get('rss_peak'))} (+{_mib(e.get('rss_growth_max'))}) | "
             f"{e['socket_errors']} / {e['non_2xx']} | "
-            f"{_x(_ratio(e['mb_per_s'], ref))} | {_rounds(e)} |"
+            f"{_x(_ratio(e['mb_per_s'], plain))} | {_x(_ratio(e['mb_per_s'], tuned))} | "
+            f"{_rounds(e)} |"
         )
     w(
         "\nMB/s = 10^6 bytes of request body per second. The nginx origin reads and drops the "
-        "body and answers its fixed JSON; the echo container sends the same amount back.\n"
+        "body and answers its fixed JSON; the echo container sends the same amount back. "
+        "nginx plain: a stock keep-alive proxy, only client_max_body_size raised; it writes "
+        "request bodies over 16 KiB and responses past its few 4-8 KiB proxy buffers to temp "
+        "files (nginx/proxy-plain.conf.tmpl). nginx in memory: client_body_buffer_size and "
+        "proxy buffers raised so bodies stay in memory, as the router keeps them "
+        "(nginx/proxy.conf.tmpl).\n"
     )
 
     idle = result.get("idle")
@@ -540,7 +556,8 @@ def _mb(value: float | None) -> str:
 
 
 def chart(result: dict[str, Any], path: Path) -> str | None:
-    """Four panels: req/s at 64 connections, latency at 1 connection, MB/s, CPU per request."""
+    """Four panels: req/s at 64 connections, latency at 1 connection and CPU per request in
+    the top row, large-body MB/s across the bottom (it has the most bars)."""
     try:
         import matplotlib
 
@@ -549,10 +566,15 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
     except ImportError as exc:
         return f"chart skipped: {exc}"
     summary = result["summary"]
-    fig, axes = plt.subplots(2, 2, figsize=(15, 10))
+    fig = plt.figure(figsize=(18, 11))
+    grid = fig.add_gridspec(2, 3)
+    tp_ax, lat_ax, cpu_ax = (fig.add_subplot(grid[0, col]) for col in range(3))
+    body_ax = fig.add_subplot(grid[1, :])
     colors = {
         "origin": "#7f7f7f",
         "nginx": "#2ca02c",
+        "sink-nginx-plain": "#98df8a",
+        "echo-nginx-plain": "#98df8a",
         "sink-direct": "#7f7f7f",
         "echo-direct": "#7f7f7f",
         "model-direct": "#7f7f7f",
@@ -563,7 +585,7 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
             return colors[path]
         return "#2ca02c" if "nginx" in path else "#1f77b4"
 
-    ax = axes[0][0]
+    ax = tp_ax
     tp = [(c, e) for c, e in summary.items() if e["group"] == "throughput"]
     names = [e["path"] for _, e in tp]
     values = [e["rps"] or 0 for _, e in tp]
@@ -574,7 +596,7 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
     ax.set_title("Requests/s at 64 connections (median, min–max)")
     ax.tick_params(axis="x", rotation=30, labelsize=8)
 
-    ax = axes[0][1]
+    ax = lat_ax
     lat = [(c, e) for c, e in summary.items() if e["group"] == "latency"]
     xs = range(len(lat))
     p50 = [e["p50_us"] or 0 for _, e in lat]
@@ -593,10 +615,10 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
         f"{p} +{derived.get(f'added_p50_us.{p}') or 0:.0f}"
         for p in ("nginx", "router", "router-serial3")
     )
-    ax.set_title(f"Latency at 1 connection (added p50 µs: {added})", fontsize=10)
+    ax.set_title(f"Latency at 1 connection (added p50 µs: {added})", fontsize=9)
     ax.legend()
 
-    ax = axes[1][0]
+    ax = body_ax
     body = [(c, e) for c, e in summary.items() if e["group"] == "body"]
     names = [f"{e['path']}\n{e['body_bytes'] // MIB} MiB" for _, e in body]
     values = [e["mb_per_s"] or 0 for _, e in body]
@@ -611,9 +633,9 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
     )
     ax.margins(y=0.18)
     ax.set_title("Large bodies: MB/s (label: proxy peak RSS)")
-    ax.tick_params(axis="x", labelsize=8, labelrotation=30)
+    ax.tick_params(axis="x", labelsize=8)
 
-    ax = axes[1][1]
+    ax = cpu_ax
     cpu = [
         (c, e)
         for c, e in summary.items()
@@ -635,10 +657,9 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
         f"{meta['machine']['nproc']} CPUs (proxy on CPU 0, origin+wrk on CPU 1)",
         fontsize=11,
     )
-    for row in axes:
-        for panel in row:
-            if not panel.patches:
-                panel.text(0.5, 0.5, "not measured", ha="center", va="center")
+    for panel in (tp_ax, lat_ax, cpu_ax, body_ax):
+        if not panel.patches:
+            panel.text(0.5, 0.5, "not measured", ha="center", va="center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
