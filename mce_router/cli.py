@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import dataplane
 from .config import Listener, RouterConfig
+from .dataplane.allocator import tune_allocator
 from .errors import ConfigError, RouterError
 from .router import Router
 from .security import TARGET_CONTAINER_KEY, AuthzRequest, PolicySet
@@ -207,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mce-router: {exc.message}", file=sys.stderr)
         return 2
+    # Process-wide, so the shell's to set, not the library's (dataplane/allocator.py).
+    log.info("memory allocator: %s", tune_allocator())
     try:
         import uvloop
 

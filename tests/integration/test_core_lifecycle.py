@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import signal
 import sys
 from contextlib import closing
@@ -244,7 +245,12 @@ async def test_cli_serve_answers_boto3_and_stops_cleanly(tmp_path: Path) -> None
     config_path = tmp_path / "router.yaml"
     config_path.write_text(yaml.safe_dump(config))
     stderr_path = tmp_path / "cli.stderr"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    # Without the operator's own malloc settings, which the sidecar would leave alone.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "MALLOC_")) and k != "GLIBC_TUNABLES"
+    }
     with stderr_path.open("wb") as stderr:
         cli = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -269,6 +275,10 @@ async def test_cli_serve_answers_boto3_and_stops_cleanly(tmp_path: Path) -> None
             f"admin http://127.0.0.1:{admin_port}"
         ), (ready, stderr_path.read_text())
         assert (tmp_path / "state" / "logs" / "cli").is_dir()
+        if platform.libc_ver()[0] == "glibc":
+            assert "memory allocator: glibc malloc: blocks under 8 MiB from the heap" in (
+                stderr_path.read_text()
+            )
 
         with closing(client_for_url(f"http://127.0.0.1:{runtime_port}")) as client:
             for host in ("a", "b"):
