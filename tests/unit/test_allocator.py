@@ -43,9 +43,7 @@ print(json.dumps({"outcome": outcome, "mapped": mapped}))
 
 def _probe(mode: str, **env: str) -> dict[str, object]:
     clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
+        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
     }
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, mode],
