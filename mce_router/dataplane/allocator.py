@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
 from typing import Final
-
-log = logging.getLogger(__name__)
 
 # mallopt() parameter numbers, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD: Final = -1
 _M_MMAP_THRESHOLD: Final = -3
 
-#: Blocks below this come from the heap: every piece of a body (at most 256 KiB per read) and
-#: whole bodies up to the 6 MiB invocation limit joined in one piece.
+#: Blocks below this come from the heap: every piece of a body (uvloop reads at most 256 KiB at
+#: a time), and anything up to a whole body at the 6 MiB invocation limit in one block.
 MMAP_THRESHOLD: Final = 8 * 1024 * 1024
 #: Free memory at the top of the heap kept for reuse instead of returned to the kernel: what
 #: the router may hold after a burst of large requests beyond what it needs at rest.
