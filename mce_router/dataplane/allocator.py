@@ -15,7 +15,6 @@ serve`` does, and a host process that embeds the router may call :func:`tune_all
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Final
 
@@ -45,10 +44,10 @@ def tune_allocator() -> str:
     chosen = [name for name in _OPERATOR_SETTINGS if name in os.environ]
     if chosen:
         return f"left as set by {', '.join(chosen)}"
-    libc_name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(libc_name)
-        mallopt = libc.mallopt
+        # The symbols the interpreter is linked with, libc's among them: no library search
+        # (ctypes.util.find_library runs ldconfig in a subprocess).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return "unchanged: not glibc (no mallopt)"
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
