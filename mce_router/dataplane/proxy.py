@@ -1051,11 +1051,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
-        parser = self.parser = httptools.HttpRequestParser(self)
-        # Bound once: a method call on a foreign object looks the method up every time.
-        self._feed: Callable[[bytes], None] = parser.feed_data
-        self._get_method: Callable[[], bytes] = parser.get_method
-        self._keep_alive: Callable[[], bool] = parser.should_keep_alive
+        self._new_parser()
         self._write: Callable[[bytes], None] = _write_nowhere
         self._pending: collections.deque[_ParsedRequest] = collections.deque()
         self.current: Invocation | None = None
@@ -1086,12 +1082,12 @@ class ClientConnection(asyncio.Protocol):
         #: Body bytes data_received takes as they come, without the parser (_RAW_BODY_MIN).
         self._raw_body_left = 0
 
-    def _renew_parser(self) -> None:
-        # The old parser still counts on the body it handed over to data_received.
+    def _new_parser(self) -> None:
         parser = self.parser = httptools.HttpRequestParser(self)
-        self._feed = parser.feed_data
-        self._get_method = parser.get_method
-        self._keep_alive = parser.should_keep_alive
+        # Bound once: a method call on a foreign object looks the method up every time.
+        self._feed: Callable[[bytes], None] = parser.feed_data
+        self._get_method: Callable[[], bytes] = parser.get_method
+        self._keep_alive: Callable[[], bool] = parser.should_keep_alive
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -1203,7 +1199,8 @@ class ClientConnection(asyncio.Protocol):
             self.on_body(body)
             if not self._raw_body_left:
                 self.on_message_complete()
-                self._renew_parser()
+                # The old parser still counts on the body it handed over to data_received.
+                self._new_parser()
         except _RequestRejected as exc:
             self._reject(exc.error)
             return b""
