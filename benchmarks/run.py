@@ -109,6 +109,11 @@ class Stack:
     def router_url(self, endpoint: str, port: int | None = None) -> str:
         return f"http://{HOST}:{port or self.router_port}/endpoints/{endpoint}/invocations"
 
+    @staticmethod
+    def invocations_url(port: int) -> str:
+        """POST /invocations on ``port``: a container hit directly, or nginx in front of it."""
+        return f"http://{HOST}:{port}/invocations"
+
 
 def start_stack(workdir: Path, procs: Processes, args: argparse.Namespace, nofile: int) -> Stack:
     # 15 origin ports, echo container, 2 nginx proxy ports, router + admin, lean proxy, pure-Python
@@ -293,14 +298,14 @@ def sanity_check(stack: Stack) -> None:
     checks: list[tuple[str, str, bytes, dict[str, str], bytes]] = [
         (
             "origin",
-            f"http://{HOST}:{stack.origin_ports[0]}/invocations",
+            stack.invocations_url(stack.origin_ports[0]),
             REQUEST_BODY,
             json_ct,
             ORIGIN_BODY,
         ),
         (
             "nginx",
-            f"http://{HOST}:{stack.proxy_port}/invocations",
+            stack.invocations_url(stack.proxy_port),
             REQUEST_BODY,
             json_ct,
             ORIGIN_BODY,
@@ -330,21 +335,21 @@ def sanity_check(stack: Stack) -> None:
         checks += [
             (
                 f"echo direct {name}",
-                f"http://{HOST}:{stack.echo_port}/invocations",
+                stack.invocations_url(stack.echo_port),
                 size_body,
                 octet,
                 size_body,
             ),
             (
                 f"echo nginx {name}",
-                f"http://{HOST}:{stack.proxy_echo_port}/invocations",
+                stack.invocations_url(stack.proxy_echo_port),
                 size_body,
                 octet,
                 size_body,
             ),
             (
                 f"echo nginx-plain {name}",
-                f"http://{HOST}:{stack.plain_echo_port}/invocations",
+                stack.invocations_url(stack.plain_echo_port),
                 size_body,
                 octet,
                 size_body,
@@ -359,22 +364,22 @@ def sanity_check(stack: Stack) -> None:
         ]
     # The origin reads and drops a large body and answers its fixed body, through either proxy.
     checks += [
-        ("sink direct 6 MiB", f"http://{HOST}:{stack.origin_ports[0]}/invocations", big, octet,
+        ("sink direct 6 MiB", stack.invocations_url(stack.origin_ports[0]), big, octet,
          ORIGIN_BODY),
-        ("sink nginx 6 MiB", f"http://{HOST}:{stack.proxy_sink_port}/invocations", big, octet,
+        ("sink nginx 6 MiB", stack.invocations_url(stack.proxy_sink_port), big, octet,
          ORIGIN_BODY),
-        ("sink nginx-plain 6 MiB", f"http://{HOST}:{stack.plain_sink_port}/invocations", big,
+        ("sink nginx-plain 6 MiB", stack.invocations_url(stack.plain_sink_port), big,
          octet, ORIGIN_BODY),
         ("sink router 6 MiB", stack.router_url("direct"), big,
          {**octet, TARGET_HEADER: "origin"}, ORIGIN_BODY),
     ]  # fmt: skip
     # The model container's own answer to the batch is what both proxies must return.
-    model_url = f"http://{HOST}:{stack.model_port}/invocations"
+    model_url = stack.invocations_url(stack.model_port)
     status, scored = post(model_url, MODEL_BATCH_BODY, json_ct)
     if status != 200 or not scored.startswith(b'{"predictions":'):
         raise BenchError(f"the model container answered {status}: {scored[:300]!r}")
     checks += [
-        ("model nginx", f"http://{HOST}:{stack.proxy_model_port}/invocations", MODEL_BATCH_BODY,
+        ("model nginx", stack.invocations_url(stack.proxy_model_port), MODEL_BATCH_BODY,
          json_ct, scored),
         ("model router", stack.router_url("model"), MODEL_BATCH_BODY,
          {**json_ct, TARGET_HEADER: "model"}, scored),
@@ -414,10 +419,10 @@ def sanity_check(stack: Stack) -> None:
 def build_cases(stack: Stack, args: argparse.Namespace) -> list[Case]:
     small = stack.files["small"]
     n = len(REQUEST_BODY)
-    origin_url = f"http://{HOST}:{stack.origin_ports[0]}/invocations"
-    nginx_url = f"http://{HOST}:{stack.proxy_port}/invocations"
-    echo_url = f"http://{HOST}:{stack.echo_port}/invocations"
-    echo_nginx_url = f"http://{HOST}:{stack.proxy_echo_port}/invocations"
+    origin_url = stack.invocations_url(stack.origin_ports[0])
+    nginx_url = stack.invocations_url(stack.proxy_port)
+    echo_url = stack.invocations_url(stack.echo_port)
+    echo_nginx_url = stack.invocations_url(stack.proxy_echo_port)
     c = args.connections
 
     def small_case(cid: str, group: str, path: str, url: str, conns: int, **kw: Any) -> Case:
@@ -448,7 +453,7 @@ def build_cases(stack: Stack, args: argparse.Namespace) -> list[Case]:
             "c64.lean",
             "throughput",
             "lean",
-            f"http://{HOST}:{stack.lean_port}/invocations",
+            stack.invocations_url(stack.lean_port),
             c,
             proxy="lean",
         ),
@@ -500,10 +505,10 @@ def build_cases(stack: Stack, args: argparse.Namespace) -> list[Case]:
             proxy="router",
         ),
     ]
-    batch, model_url = stack.files["batch"], f"http://{HOST}:{stack.model_port}/invocations"
+    batch, model_url = stack.files["batch"], stack.invocations_url(stack.model_port)
     for path, url, targets, proxy in (
         ("model-direct", model_url, (), "model"),
-        ("model-nginx", f"http://{HOST}:{stack.proxy_model_port}/invocations", (), "nginx"),
+        ("model-nginx", stack.invocations_url(stack.proxy_model_port), (), "nginx"),
         ("model-router", stack.router_url("model"), ("model",), "router"),
     ):
         cases.append(
@@ -524,16 +529,16 @@ def build_cases(stack: Stack, args: argparse.Namespace) -> list[Case]:
     # echoed by the Python container (1 MiB each way; the container is the bottleneck). nginx
     # twice: as a plain proxy (its defaults put such bodies in temp files) and tuned to hold
     # them in memory, as the router does.
-    sink_nginx_url = f"http://{HOST}:{stack.proxy_sink_port}/invocations"
+    sink_nginx_url = stack.invocations_url(stack.proxy_sink_port)
     for size, nbytes in (("1m", MIB), ("6m", 6 * MIB)):
         for path, url, targets, proxy in (
             ("sink-direct", origin_url, (), "origin"),
-            ("sink-nginx-plain", f"http://{HOST}:{stack.plain_sink_port}/invocations", (),
+            ("sink-nginx-plain", stack.invocations_url(stack.plain_sink_port), (),
              "nginx-plain"),
             ("sink-nginx", sink_nginx_url, (), "nginx"),
             ("sink-router", stack.router_url("direct"), ("origin",), "router"),
             ("echo-direct", echo_url, (), "echo"),
-            ("echo-nginx-plain", f"http://{HOST}:{stack.plain_echo_port}/invocations", (),
+            ("echo-nginx-plain", stack.invocations_url(stack.plain_echo_port), (),
              "nginx-plain"),
             ("echo-nginx", echo_nginx_url, (), "nginx"),
             ("echo-router", stack.router_url("echo"), ("echo",), "router"),
