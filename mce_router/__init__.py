@@ -8,6 +8,8 @@ Embed it::
 or run the sidecar: ``mce-router serve --config router.yaml``.
 """
 
+from importlib import metadata as _metadata
+
 from .config import RouterConfig
 from .errors import (
     ConfigError,
@@ -17,6 +19,11 @@ from .errors import (
     ValidationError,
 )
 from .router import Router
+
+try:
+    __version__ = _metadata.version("mce-router")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConfigError",

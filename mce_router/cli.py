@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from . import dataplane
+from . import __version__, dataplane
 from .config import Listener, RouterConfig
 from .dataplane.allocator import tune_allocator
 from .errors import ConfigError, RouterError
@@ -27,6 +29,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="mce-router",
         description="SageMaker-compatible multi-container endpoints (Direct and Serial).",
     )
+    parser.add_argument("--version", action="version", version=f"mce-router {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the router as a sidecar")
     serve.add_argument("--config", required=True, type=Path, help="router config (YAML)")
@@ -48,9 +51,26 @@ def _build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="on SIGTERM, how long in-flight requests may take before containers stop",
     )
-    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        type=_log_level,
+        help="DEBUG, INFO, WARNING or ERROR (any case); DEBUG also prints tracebacks of failures",
+    )
     _add_policy_parser(commands)
     return parser
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level; choose one of {', '.join(LOG_LEVELS)}"
+        )
+    return level
 
 
 def _add_policy_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -169,57 +189,123 @@ def load_serve_config(args: argparse.Namespace) -> RouterConfig:
     return config
 
 
-async def _serve(config: RouterConfig, drain_seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    router = Router(config)
-    await router.start()
+class _StopSignals:
+    """SIGTERM/SIGINT as the shell sees them: the first asks for a graceful stop (at any moment,
+    start-up included), the second for an immediate one (the drain is cut short; containers are
+    still stopped and the state file still closed cleanly)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.graceful = asyncio.Event()
+        self.immediate = asyncio.Event()
+        self._loop = loop
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: signal.Signals) -> None:
+        if self.graceful.is_set():
+            log.warning("%s again: stopping now, without waiting for the drain", sig.name)
+            self.immediate.set()
+        else:
+            log.info("%s received: stopping", sig.name)
+            self.graceful.set()
+
+    def remove(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.remove_signal_handler(sig)
+
+
+async def _first(work: asyncio.Future[None], event: asyncio.Event) -> bool:
+    """Wait for ``work`` or ``event``, whichever comes first; True when the event came first."""
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
     try:
+        await asyncio.wait((work, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return not work.done()
+
+
+async def _serve(config: RouterConfig, drain_seconds: float) -> None:
+    signals = _StopSignals(asyncio.get_running_loop())
+    router = Router(config)
+    try:
+        starting = asyncio.ensure_future(router.start())
+        if await _first(starting, signals.graceful):
+            # Router.start stops whatever it started when it is cancelled.
+            log.info("stopping during start-up: stopping the containers started so far")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        starting.result()
+        implementation = dataplane.implementation()
         log.info(
             "runtime API on %s, admin and control plane on %s, state in %s; hot path: %s",
             router.runtime_url,
             router.admin_url,
             config.state_path,
-            dataplane.implementation(),
+            implementation,
         )
+        if implementation.startswith("Python (compiling failed"):
+            log.warning(
+                "the hot path is NOT compiled, so every request costs about twice the CPU: "
+                "reinstall where a C compiler works (MCE_ROUTER_BUILD=native makes a failed "
+                "compile an install error)"
+            )
         for name, state in router.endpoints.items():
             log.info("endpoint %s: %s", name, state.status)
         print(
             f"mce-router ready: runtime {router.runtime_url} admin {router.admin_url}", flush=True
         )
-        await stop.wait()
-        log.info("stopping: draining in-flight requests (up to %.0f s)", drain_seconds)
+        await signals.graceful.wait()
+        log.info(
+            "stopping: draining in-flight requests (up to %.0f s; signal again to stop now)",
+            drain_seconds,
+        )
+        stopping = asyncio.ensure_future(router.stop(drain_seconds=drain_seconds))
+        if await _first(stopping, signals.immediate):
+            router.abort_drain()
+        await stopping
     finally:
-        await router.stop(drain_seconds=drain_seconds)
+        signals.remove()
+        await router.stop(drain_seconds=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 after a requested stop, 2 for usage and configuration errors, 1 for
+    failures at run time (one line on stderr; tracebacks only with --log-level DEBUG)."""
     args = _build_parser().parse_args(argv)
     if args.command == "policy":
         return _policy_simulate(args)
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         config = load_serve_config(args)
     except ConfigError as exc:
-        print(f"mce-router: {exc.message}", file=sys.stderr)
-        return 2
+        return _failed(exc, 2)
     # Process-wide, so the shell's to set, not the library's (dataplane/allocator.py).
     log.info("memory allocator: %s", tune_allocator())
     try:
         import uvloop
 
         uvloop.run(_serve(config, args.drain_seconds))
+    except ConfigError as exc:  # found once the state file is open (declared resources)
+        return _failed(exc, 2)
     except RouterError as exc:
-        print(f"mce-router: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        return _failed(exc, 1)
+    except KeyboardInterrupt:  # a signal before the handlers were installed
         return 130
+    except Exception as exc:
+        return _failed(exc, 1)
     return 0
+
+
+def _failed(exc: Exception, status: int) -> int:
+    message = exc.message if isinstance(exc, RouterError) else f"{type(exc).__name__}: {exc}"
+    log.debug("failure", exc_info=exc)
+    print(f"mce-router: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, ValidationError, refuse_unknown_keys
 from .security.config import AuthConfig
+from .spec import EndpointConfigSpec, EndpointSpec, ModelSpec
 
 MIB = 1024 * 1024
 #: SageMaker's real-time invocation payload limit (6 MiB), for requests and for responses.
@@ -99,6 +100,10 @@ class HealthSettings:
 @dataclass(frozen=True, slots=True)
 class ProcessSettings:
     stop_grace_seconds: float = 30.0
+    #: SAGEMAKER_BIND_TO_PORT is one of these ports (below 32768: some model servers refuse
+    #: higher ones), never one of the safe port ranges below.
+    bind_port_range_start: int = 10000
+    bind_port_range_size: int = 10000
     #: SAGEMAKER_SAFE_PORT_RANGE blocks are handed out from here, below Linux's ephemeral range.
     safe_port_range_start: int = 20000
     safe_port_range_size: int = 10
@@ -180,9 +185,7 @@ class RouterConfig:
             "endpoint_configs",
             "endpoints",
         }
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"config: unknown keys {unknown}; allowed: {sorted(known)}")
+        refuse_unknown_keys(raw, known, "config")
         base = base_dir or Path.cwd()
         kwargs: dict[str, Any] = {
             "images": MappingProxyType(_parse_images(raw.get("images") or {}, base)),
@@ -219,6 +222,13 @@ class RouterConfig:
             raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"config: cannot read {config_path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config: {config_path} is not UTF-8 text ({exc.reason})") from exc
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{config_path}:{mark.line + 1}:{mark.column + 1}" if mark else str(config_path)
+            problem = " ".join(filter(None, (exc.context, exc.problem)))
+            raise ConfigError(f"config: {where}: YAML syntax error: {problem}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config: {config_path} is not valid YAML: {exc}") from exc
         return cls.from_mapping(raw or {}, base_dir=config_path.resolve().parent)
@@ -235,8 +245,7 @@ def _section(cls: type[_Section], raw: Any, name: str) -> _Section:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in fields:
-            raise ConfigError(f"config.{name}.{key}: unknown setting; allowed: {sorted(fields)}")
+        refuse_unknown_keys({key: value}, fields, f"config.{name}")
         default = getattr(cls(), key)
         values[key] = _coerce(value, type(default), f"config.{name}.{key}")
     return cls(**values)
@@ -270,9 +279,7 @@ def _parse_images(raw: Any, base: Path) -> dict[str, ImageSpec]:
                 )
             images[str(image)] = parse_external_url(str(spec["url"]), where)
         elif "command" in spec:
-            extra = set(spec) - {"command", "environment", "working_dir"}
-            if extra:
-                raise ConfigError(f"{where}: unknown keys {sorted(extra)}")
+            refuse_unknown_keys(spec, {"command", "environment", "working_dir"}, where)
             images[str(image)] = _parse_process_image(spec, base, where)
         else:
             raise ConfigError(f"{where}: needs 'command' (process runtime) or 'url' (external)")
@@ -312,7 +319,38 @@ def parse_external_url(url: str, where: str) -> ExternalImage:
     return ExternalImage(url=url, host=parts.hostname, port=port)
 
 
+def _validate_declared(config: RouterConfig) -> None:
+    """Declared models, endpoint configs and endpoints are CreateX bodies: check them with the
+    control plane's own rules now, so a typo fails the config load and names its resource."""
+    declared: tuple[tuple[str, str, tuple[Mapping[str, Any], ...], Any], ...] = (
+        (
+            "models",
+            "ModelName",
+            config.models,
+            lambda body: ModelSpec.from_request(
+                body, max_containers=config.limits.max_containers_per_model
+            ),
+        ),
+        (
+            "endpoint_configs",
+            "EndpointConfigName",
+            config.endpoint_configs,
+            EndpointConfigSpec.from_request,
+        ),
+        ("endpoints", "EndpointName", config.endpoints, EndpointSpec.from_request),
+    )
+    for section, name_key, bodies, parse in declared:
+        for index, body in enumerate(bodies):
+            try:
+                parse(body)
+            except ValidationError as exc:
+                name = body.get(name_key) if isinstance(body, Mapping) else None
+                named = f" ({name_key} {name!r})" if isinstance(name, str) else ""
+                raise ConfigError(f"config.{section}[{index}]{named}: {exc.message}") from exc
+
+
 def _validate(config: RouterConfig) -> None:
+    _validate_declared(config)
     limits = config.limits
     positive = {
         "limits.max_containers_per_model": limits.max_containers_per_model,
@@ -332,6 +370,8 @@ def _validate(config: RouterConfig) -> None:
         "health.ping_interval_seconds": config.health.ping_interval_seconds,
         "health.unhealthy_threshold": config.health.unhealthy_threshold,
         "process.safe_port_range_size": config.process.safe_port_range_size,
+        "process.safe_port_range_blocks": config.process.safe_port_range_blocks,
+        "process.bind_port_range_size": config.process.bind_port_range_size,
         "metrics.usage_sample_seconds": config.metrics.usage_sample_seconds,
     }
     for name, value in positive.items():
@@ -353,3 +393,16 @@ def _validate(config: RouterConfig) -> None:
     )
     if config.process.safe_port_range_start < 1024 or end > 65536:
         raise ConfigError("config.process: safe port ranges must lie within 1024..65535")
+    bind_start = config.process.bind_port_range_start
+    bind_end = bind_start + config.process.bind_port_range_size
+    if bind_start < 1024 or bind_end > 32768:
+        raise ConfigError(
+            "config.process: bind ports (bind_port_range_start, bind_port_range_size) must lie "
+            f"within 1024..32767, where every model server accepts them (got {bind_start}.."
+            f"{bind_end - 1})"
+        )
+    if bind_start < end and config.process.safe_port_range_start < bind_end:
+        raise ConfigError(
+            f"config.process: the bind port range {bind_start}..{bind_end - 1} overlaps the safe "
+            f"port ranges {config.process.safe_port_range_start}..{end - 1}; move one of them"
+        )

@@ -6,7 +6,8 @@ body a client sees, so that boto3 parses every error into the exception AWS woul
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,6 +17,27 @@ Plane = Literal["runtime", "control"]
 
 #: botocore's rest-json parser takes the error code from this header (the part before ':').
 ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.sagemaker/"
+
+
+def closest_name(name: str, candidates: Iterable[str]) -> str | None:
+    """The valid name a misspelled ``name`` most likely meant, for "did you mean" hints."""
+    matches = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def refuse_unknown_keys(
+    raw: Mapping[Any, Any], known: Iterable[str], where: str, error: type[RouterError] | None = None
+) -> None:
+    """One clear line for the first key that is not a setting: where it is, and the setting it
+    most likely meant (``config.listen.prot: unknown setting 'prot'; did you mean 'port'?``).
+    Raises ``error`` (default :class:`ConfigError`)."""
+    valid = sorted(known)
+    for key in raw:
+        if key in valid:
+            continue
+        closest = closest_name(str(key), valid)
+        hint = f"did you mean {closest!r}?" if closest else f"valid settings: {', '.join(valid)}"
+        raise (error or ConfigError)(f"{where}.{key}: unknown setting {str(key)!r}; {hint}")
 
 
 class RouterError(Exception):

@@ -24,7 +24,6 @@ Long work (starting containers, draining, stopping) runs in one background task 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -146,6 +145,7 @@ class Router:
         self._admin_site: web.TCPSite | None = None
         self._store: Store | None = None
         self._state_dir_lock: int | None = None
+        self._drain_cut = asyncio.Event()
         #: Names compare ignoring case, as in SageMaker.
         self.models: NameMap[ModelRecord] = NameMap()
         self.endpoint_configs: NameMap[EndpointConfigRecord] = NameMap()
@@ -236,9 +236,11 @@ class Router:
         if server is not None:
             server.accepting = False
             server.close_idle_connections()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(drain_seconds):
-                    await server.wait_idle()
+            idle = asyncio.ensure_future(server.wait_idle())
+            cut = asyncio.ensure_future(self._drain_cut.wait())
+            await asyncio.wait({idle, cut}, timeout=drain_seconds)
+            idle.cancel()
+            cut.cancel()
             server.abort_all()
         if self._admin is not None:
             # No control-plane call may start new work once the tasks below are cancelled.
@@ -263,6 +265,11 @@ class Router:
         if self._state_dir_lock is not None:
             os.close(self._state_dir_lock)
             self._state_dir_lock = None
+
+    def abort_drain(self) -> None:
+        """Cut a running :meth:`stop`'s drain short: in-flight requests are aborted and the
+        containers stopped now (a second Ctrl-C). Safe to call at any time."""
+        self._drain_cut.set()
 
     @property
     def runtime_port(self) -> int:

@@ -50,10 +50,11 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-from mce_router.errors import ConfigError, ValidationError
+from mce_router.errors import ConfigError, ValidationError, closest_name
 
 __all__ = [
     "DEFAULT_MAX_CONTAINERS",
@@ -138,6 +139,21 @@ def _missing(field_path: str, detail: str = "") -> NoReturn:
     _fail(field_path, "null", "Member must not be null", detail)
 
 
+#: Parameter names of SageMaker's request shapes (botocore's service model, kept in a data file
+#: so that the router needs no botocore at run time).
+_SHAPE_MEMBERS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        shape: frozenset(members)
+        for shape, members in json.loads(
+            resources.files("mce_router")
+            .joinpath("data/sagemaker_members.json")
+            .read_text(encoding="utf-8")
+        ).items()
+        if not shape.startswith("_")
+    }
+)
+
+
 # --- typed access -------------------------------------------------------------------------
 
 
@@ -151,9 +167,15 @@ def _require_mapping(value: Any, field_path: str) -> Mapping[str, Any]:
     return value
 
 
-def _split_known(body: Mapping[str, Any], known: frozenset[str], prefix: str) -> Mapping[str, Any]:
-    """Return the parameters outside ``known``, frozen; refuse near-misses of known names."""
+def _split_known(
+    body: Mapping[str, Any], known: frozenset[str], prefix: str, shape: str
+) -> Mapping[str, Any]:
+    """Return the parameters outside ``known``, frozen: those SageMaker's ``shape`` has and the
+    router keeps without interpreting them (ExecutionRoleArn, Tags, ...). Refuse a name the
+    shape does not have (a typo like ``Enviroment`` would otherwise be kept and ignored), naming
+    the closest valid one."""
     folded_known = {name.casefold(): name for name in known}
+    members = _SHAPE_MEMBERS[shape]
     extra: dict[str, Any] = {}
     for key, value in body.items():
         if not isinstance(key, str):
@@ -167,6 +189,16 @@ def _split_known(body: Mapping[str, Any], known: frozenset[str], prefix: str) ->
                 show_value(key),
                 "Parameter names are case-sensitive",
                 f"did you mean '{_join(prefix, intended)}'?",
+            )
+        if key not in members:
+            closest = closest_name(key, members)
+            _fail(
+                _join(prefix, key),
+                show_value(key),
+                f"Member must be a parameter of {shape.removesuffix('Input')}",
+                f"did you mean '{_join(prefix, closest)}'?"
+                if closest
+                else f"valid parameters: {', '.join(sorted(members))}",
             )
         extra[key] = _freeze(value)
     return MappingProxyType(extra)
@@ -354,7 +386,7 @@ def _parse_container(body: Any, field_path: str, position: int) -> ContainerSpec
         environment=_parse_environment(
             container.get("Environment"), _join(field_path, "Environment")
         ),
-        extra=_split_known(container, _CONTAINER_KEYS, field_path),
+        extra=_split_known(container, _CONTAINER_KEYS, field_path, "ContainerDefinition"),
     )
 
 
@@ -478,7 +510,7 @@ class ModelSpec:
         ]
         _check_hostnames(mode, parsed)
         containers = tuple(container for _path, container in parsed)
-        extra = _split_known(request, _MODEL_KEYS, "")
+        extra = _split_known(request, _MODEL_KEYS, "", "CreateModelInput")
         return cls(name=name, containers=containers, mode=mode, extra=extra)
 
     def to_request(self) -> dict[str, Any]:
@@ -587,7 +619,7 @@ def _parse_variant(body: Any, field_path: str) -> ProductionVariantSpec:
         initial_instance_count=count,
         initial_variant_weight=weight,
         container_startup_health_check_timeout=timeout,
-        extra=_split_known(variant, _VARIANT_KEYS, field_path),
+        extra=_split_known(variant, _VARIANT_KEYS, field_path, "ProductionVariant"),
     )
 
 
@@ -621,7 +653,7 @@ class EndpointConfigSpec:
             ),
             "VariantName",
         )
-        extra = _split_known(request, _ENDPOINT_CONFIG_KEYS, "")
+        extra = _split_known(request, _ENDPOINT_CONFIG_KEYS, "", "CreateEndpointConfigInput")
         return cls(name=name, variants=variants, extra=extra)
 
     def to_request(self) -> dict[str, Any]:
@@ -650,7 +682,7 @@ class EndpointSpec:
         config_name = _check_name(
             _required(request, "EndpointConfigName", "EndpointConfigName"), "EndpointConfigName"
         )
-        extra = _split_known(request, _ENDPOINT_KEYS, "")
+        extra = _split_known(request, _ENDPOINT_KEYS, "", "CreateEndpointInput")
         return cls(name=name, config_name=config_name, extra=extra)
 
     def to_request(self) -> dict[str, Any]:

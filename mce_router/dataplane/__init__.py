@@ -26,6 +26,8 @@ _COMPILED = ("headers", "stats", "response", "proxy")
 #: The C response reader's source, recorded in the manifest like the modules above.
 _NATIVE_READER_SOURCE = "_llresponse.c"
 _MANIFEST = _HERE / "_compiled_sources.json"
+#: Written by every build (setup.py): the mode it ran in and why it fell back to Python, if so.
+_BUILD_RECORD = _HERE / "_build_record.json"
 
 
 def _python_requested() -> bool:
@@ -63,6 +65,27 @@ def _why_source() -> str | None:
         if not _built_from_here(recorded, name, f"{name}.py"):
             return f"{name}.py changed since it was compiled (reinstall to recompile)"
     return None
+
+
+def build_record() -> dict[str, object] | None:
+    """What the install recorded: ``{"mode": "auto" | "native" | "pure", "compiled": bool,
+    "fallback_reason": str | None}``; None for a checkout that was never built."""
+    try:
+        record = json.loads(_BUILD_RECORD.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _why_not_compiled() -> str:
+    record = build_record()
+    if record is None:
+        return "not compiled at install"
+    if record.get("fallback_reason"):
+        return f"compiling failed at install: {record['fallback_reason']}"
+    if record.get("mode") == "pure":
+        return "installed with MCE_ROUTER_BUILD=pure"
+    return "not compiled at install"
 
 
 def native_reader_allowed() -> bool:
@@ -103,5 +126,5 @@ def implementation() -> str:
 
     reader = f"response reader in {response.reader_implementation()}"
     if Path(proxy.__file__ or "").suffix == ".py":
-        return f"Python ({_SOURCE_REASON or 'not compiled at install'}), {reader}"
+        return f"Python ({_SOURCE_REASON or _why_not_compiled()}), {reader}"
     return f"compiled (mypyc), {reader}"

@@ -1712,7 +1712,8 @@ def _headers_too_large(server: RuntimeServer) -> HeadersTooLarge:
 def _too_large_message(size: int, limit: int) -> str:
     return (
         f"The request body ({size} bytes or more) exceeds the {limit}-byte limit for real-time "
-        "invocation; send a smaller payload or use asynchronous inference."
+        "invocation (SageMaker's is 6 MiB; the router's is limits.max_request_body_bytes in its "
+        "config); send a smaller payload or use asynchronous inference."
     )
 
 

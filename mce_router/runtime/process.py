@@ -1,8 +1,8 @@
 """Process runtime: each container is a local process group, the embedded default.
 
-Containers get ``SAGEMAKER_BIND_TO_PORT`` (a free port chosen here) and
-``SAGEMAKER_SAFE_PORT_RANGE`` (a block reserved for that container alone), run in their own
-process group with their output in a per-container log file, and are stopped as a group:
+Containers get ``SAGEMAKER_BIND_TO_PORT`` and ``SAGEMAKER_SAFE_PORT_RANGE`` (a block reserved
+for that container alone), both from the configured ranges below 32768 (``ports.py``), run in
+their own process group with their output in a per-container log file, and are stopped as a group:
 SIGTERM, then SIGKILL after the grace period. Every group is recorded in ``state_dir`` so that
 groups orphaned by a router that was killed outright are reaped when the next router starts.
 """
@@ -15,7 +15,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import psutil
 
 from ..config import ProcessImage, ProcessSettings
 from .base import ContainerLaunch
+from .ports import PortBlocks
 
 log = logging.getLogger(__name__)
 
@@ -65,50 +65,23 @@ class ProcessContainer:
         return await asyncio.shield(self._waiter)
 
 
-class SafePortRanges:
-    """Hands out disjoint ``SAGEMAKER_SAFE_PORT_RANGE`` blocks, skipping ports in use."""
-
-    def __init__(self, settings: ProcessSettings) -> None:
-        self._start = settings.safe_port_range_start
-        self._size = settings.safe_port_range_size
-        self._blocks = settings.safe_port_range_blocks
-        self._taken: set[int] = set()
-        self._host = settings.bind_host
-
-    def allocate(self) -> tuple[int, int]:
-        for block in range(self._blocks):
-            if block in self._taken:
-                continue
-            first = self._start + block * self._size
-            if all(_port_is_free(self._host, p) for p in (first, first + self._size - 1)):
-                self._taken.add(block)
-                return first, first + self._size - 1
-        raise RuntimeError("no free SAGEMAKER_SAFE_PORT_RANGE block left; widen config.process")
-
-    def release(self, port_range: tuple[int, int]) -> None:
-        self._taken.discard((port_range[0] - self._start) // self._size)
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str) -> int:
-    """A port the kernel considers free right now (bound to 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 class ProcessRuntime:
     def __init__(self, settings: ProcessSettings, state_dir: Path) -> None:
         self._settings = settings
-        self._ranges = SafePortRanges(settings)
+        self._bind_ports = PortBlocks(
+            host=settings.bind_host,
+            start=settings.bind_port_range_start,
+            size=1,
+            count=settings.bind_port_range_size,
+            what="SAGEMAKER_BIND_TO_PORT",
+        )
+        self._ranges = PortBlocks(
+            host=settings.bind_host,
+            start=settings.safe_port_range_start,
+            size=settings.safe_port_range_size,
+            count=settings.safe_port_range_blocks,
+            what="SAGEMAKER_SAFE_PORT_RANGE block",
+        )
         self._registry = state_dir / "run" / "process-groups.json"
         self._groups: dict[int, float] = {}  # pgid -> leader create_time, mirrored to disk
         reap_orphans(self._registry)
@@ -117,8 +90,16 @@ class ProcessRuntime:
         self, launch: ContainerLaunch, image: ProcessImage, *, port: int | None = None
     ) -> ProcessContainer:
         host = self._settings.bind_host
-        bind_port = port or free_port(host)
-        safe_range = self._ranges.allocate()
+        if port is None:
+            bind_port, _ = self._bind_ports.allocate()
+        else:  # a restart keeps its port (the upstream pool and routing table know it)
+            bind_port = port
+            self._bind_ports.reserve(port)
+        try:
+            safe_range = self._ranges.allocate()
+        except BaseException:
+            self._bind_ports.release(bind_port)
+            raise
         env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
         env.update(image.environment)
         env.update(launch.environment)
@@ -147,7 +128,8 @@ class ProcessRuntime:
                     preexec_fn=_die_with_parent,
                 )
             except OSError as exc:
-                self._ranges.release(safe_range)
+                self._ranges.release(safe_range[0])
+                self._bind_ports.release(bind_port)
                 raise OSError(f"cannot start {launch.label} ({argv[0]}): {exc.strerror}") from exc
         pgid = process.pid  # start_new_session makes the child its group's leader
         self._remember(pgid)
@@ -174,7 +156,8 @@ class ProcessRuntime:
             await container.wait()
         # Children that outlived their leader may remain in the group.
         _signal_group(pgid, signal.SIGKILL)
-        self._ranges.release(container.safe_range)
+        self._ranges.release(container.safe_range[0])
+        self._bind_ports.release(container.port)
         self._forget(pgid)
 
     def _remember(self, pgid: int) -> None:

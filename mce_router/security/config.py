@@ -35,7 +35,7 @@ from typing import Any, Final, Literal
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, refuse_unknown_keys
 from .errors import PolicyError
 from .policy import KNOWN_CONTEXT_KEYS, PolicyDocument
 from .sigv4 import DEFAULT_MAX_SKEW_SECONDS, Credential
@@ -113,9 +113,7 @@ class AuthConfig:
             return cls(region=default_region, account_id=default_account_id)
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{_SECTION}: must be a mapping")
-        unknown = sorted(str(k) for k in raw if k not in _AUTH_KEYS)
-        if unknown:
-            raise ConfigError(f"{_SECTION}: unknown keys {unknown}; allowed: {sorted(_AUTH_KEYS)}")
+        refuse_unknown_keys(raw, _AUTH_KEYS, _SECTION)
         mode = raw.get("mode")
         if mode not in ("none", "sigv4"):
             raise ConfigError(f"{_SECTION}.mode: must be 'sigv4' or 'none', got {mode!r}")
@@ -229,9 +227,7 @@ def _parse_credential(
 ) -> Credential:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a mapping")
-    unknown = sorted(str(k) for k in raw if k not in _CREDENTIAL_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(_CREDENTIAL_KEYS)}")
+    refuse_unknown_keys(raw, _CREDENTIAL_KEYS, where)
     access_key_id = raw.get("access_key_id")
     if (
         not isinstance(access_key_id, str)

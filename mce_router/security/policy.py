@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from ..errors import refuse_unknown_keys
 from .errors import PolicyError
 
 #: The condition key SageMaker sets from the ``X-Amzn-SageMaker-Target-Container-Hostname``
@@ -497,11 +498,7 @@ class PolicyDocument:
             doc = decoded
         if not isinstance(doc, Mapping):
             raise PolicyError(f"{where}: a policy document must be a JSON object")
-        unknown = sorted(str(k) for k in doc if k not in _DOCUMENT_KEYS)
-        if unknown:
-            raise PolicyError(
-                f"{where}: unknown top-level keys {unknown}; allowed: {sorted(_DOCUMENT_KEYS)}"
-            )
+        refuse_unknown_keys(doc, _DOCUMENT_KEYS, where, PolicyError)
         version = _version(doc.get("Version", VERSION_2008), where)
         if "Id" in doc and not isinstance(doc["Id"], str):
             raise PolicyError(f"{where}.Id: must be a string")
@@ -586,9 +583,7 @@ def _parse_statement(raw: Any, index: int, where: str, *, variables: bool) -> St
                 f"{where}.{principal}: identity policies cannot name a principal (the principal "
                 "is the credential the policy is attached to)"
             )
-    unknown = sorted(str(k) for k in raw if k not in _STATEMENT_KEYS)
-    if unknown:
-        raise PolicyError(f"{where}: unknown keys {unknown}; allowed: {sorted(_STATEMENT_KEYS)}")
+    refuse_unknown_keys(raw, _STATEMENT_KEYS, where, PolicyError)
     sid = raw.get("Sid")
     if sid is not None and not isinstance(sid, str):
         raise PolicyError(f"{where}.Sid: must be a string")

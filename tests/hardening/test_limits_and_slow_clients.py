@@ -76,6 +76,8 @@ async def test_body_over_6_mib_is_413_before_any_container_while_the_client_stil
         assert (response.status, response.error_code) == (413, "ValidationError"), response
         assert "7340032 bytes or more" in response.message
         assert "6291456-byte limit" in response.message
+        # A person can act on it: the config key that raises the limit is named.
+        assert "limits.max_request_body_bytes" in response.message
         assert closed and time.monotonic() - started < 5
         assert await invocations(router, E, "a") == 0
 

@@ -4,6 +4,7 @@ validation errors, what crosses the router in each direction, keep-alive and con
 from __future__ import annotations
 
 import json
+import socket
 from contextlib import closing
 from typing import Any
 
@@ -24,8 +25,9 @@ from conftest import (
     slot_of,
 )
 
-from mce_router import ValidationError
-from mce_router.config import HealthSettings
+from mce_router import EndpointStartupError, ValidationError
+from mce_router.config import HealthSettings, ProcessSettings
+from mce_router.runtime.ports import port_is_free
 
 HOSTS = ["alpha", "bravo", "charlie"]
 
@@ -252,6 +254,10 @@ async def test_containers_get_bind_port_and_disjoint_safe_port_ranges(config_fac
                 env = json.loads(response["Body"])
                 bind_port = int(env["SAGEMAKER_BIND_TO_PORT"])
                 assert bind_port == container_port(router, endpoint, host)
+                # Never from the kernel's ephemeral range: some model servers refuse > 32767.
+                settings = router.config.process
+                assert settings.bind_port_range_start <= bind_port < 32768
+                assert bind_port < settings.bind_port_range_start + settings.bind_port_range_size
                 first, _, last = env["SAGEMAKER_SAFE_PORT_RANGE"].partition("-")
                 block = range(int(first), int(last) + 1)
                 assert len(block) == size, env
@@ -264,6 +270,34 @@ async def test_containers_get_bind_port_and_disjoint_safe_port_ranges(config_fac
         for i, one in enumerate(ranges):
             for other in ranges[i + 1 :]:
                 assert not set(one) & set(other), (one, other)
+
+
+def _free_run(length: int, low: int = 31000, high: int = 32700) -> int:
+    """The first port of ``length`` consecutive ports nobody listens on, below 32768."""
+    for start in range(low, high - length):
+        if all(port_is_free("127.0.0.1", port) for port in range(start, start + length)):
+            return start
+    raise AssertionError("no run of free ports below 32768")
+
+
+async def test_bind_ports_come_from_the_configured_range_skipping_ports_in_use(
+    config_factory: Any,
+) -> None:
+    start = _free_run(4)
+    settings = ProcessSettings(
+        stop_grace_seconds=3.0, bind_port_range_start=start, bind_port_range_size=4
+    )
+    with socket.create_server(("127.0.0.1", start + 1)):  # someone else's server in the range
+        async with running_router(config_factory(process=settings)) as router:
+            endpoint = await deploy(
+                router, multi_model("ranged", [container(h) for h in HOSTS], "Direct")
+            )
+            ports = sorted(container_port(router, endpoint, host) for host in HOSTS)
+            assert ports == [start, start + 2, start + 3]
+            # The range is used up: the next container cannot start, and says why.
+            with pytest.raises(EndpointStartupError) as caught:
+                await deploy(router, multi_model("one-more", [container("extra")], "Direct"))
+            assert "no free SAGEMAKER_BIND_TO_PORT left" in caught.value.message
 
 
 async def test_unmapped_image_is_refused_at_create_model(config_factory: Any) -> None:

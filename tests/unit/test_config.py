@@ -47,9 +47,15 @@ def test_full_mapping(tmp_path: Path) -> None:
         "state_dir": "state",
         "region": "eu-west-1",
         "account_id": "123456789012",
-        "models": [{"ModelName": "m"}],
-        "endpoint_configs": [{"EndpointConfigName": "c"}],
-        "endpoints": [{"EndpointName": "e"}],
+        # Declared resources are checked as CreateX bodies when the config loads.
+        "models": [{"ModelName": "m", "Containers": [{"Image": "local/model:1"}]}],
+        "endpoint_configs": [
+            {
+                "EndpointConfigName": "c",
+                "ProductionVariants": [{"VariantName": "v", "ModelName": "m"}],
+            }
+        ],
+        "endpoints": [{"EndpointName": "e", "EndpointConfigName": "c"}],
     }
     config = RouterConfig.from_mapping(raw, base_dir=tmp_path)
     local = config.images["local/model:1"]
@@ -68,15 +74,15 @@ def test_full_mapping(tmp_path: Path) -> None:
     assert config.process.stop_grace_seconds == 0.0
     assert config.state_dir == (tmp_path / "state").resolve()
     assert (config.region, config.account_id) == ("eu-west-1", "123456789012")
-    assert config.models == ({"ModelName": "m"},)
-    assert config.endpoints == ({"EndpointName": "e"},)
+    assert config.models == ({"ModelName": "m", "Containers": [{"Image": "local/model:1"}]},)
+    assert config.endpoints == ({"EndpointName": "e", "EndpointConfigName": "c"},)
 
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
         ([], "config: the top level must be a mapping"),
-        ({"limit": {}}, "config: unknown keys ['limit']"),
+        ({"limit": {}}, "config.limit: unknown setting 'limit'; did you mean 'limits'?"),
         ({"limits": []}, "config.limits: must be a mapping"),
         ({"limits": {"bogus": 1}}, "config.limits.bogus: unknown setting"),
         (
@@ -122,7 +128,8 @@ def test_full_mapping(tmp_path: Path) -> None:
         ),
         (
             {"images": {"a": {"command": ["x"], "cwd": "/"}}},
-            "config.images['a']: unknown keys ['cwd']",
+            "config.images['a'].cwd: unknown setting 'cwd'; "
+            "valid settings: command, environment, working_dir",
         ),
         (
             {"images": {"a": {"url": "http://h:1", "command": ["x"]}}},
@@ -171,5 +178,33 @@ def test_from_file(tmp_path: Path) -> None:
         RouterConfig.from_file(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("limits: [unclosed\n")
-    with pytest.raises(ConfigError, match="is not valid YAML"):
+    with pytest.raises(
+        ConfigError, match=r"broken.yaml:2:1: YAML syntax error: while parsing a flow sequence"
+    ):
         RouterConfig.from_file(broken)
+
+
+def test_declared_resources_are_checked_at_load_naming_resource_field_and_closest_name() -> None:
+    model = {"ModelName": "m1", "Containers": [{"Image": "i", "Enviroment": {}}]}
+    with pytest.raises(ConfigError) as caught:
+        RouterConfig.from_mapping({"models": [model]})
+    assert caught.value.message.startswith("config.models[0] (ModelName 'm1'): ")
+    assert "'Containers[0].Enviroment'" in caught.value.message
+    assert "did you mean 'Containers[0].Environment'?" in caught.value.message
+
+    variantless = {"EndpointConfigName": "c1"}
+    with pytest.raises(ConfigError) as caught:
+        RouterConfig.from_mapping({"endpoint_configs": [variantless]})
+    assert caught.value.message == (
+        "config.endpoint_configs[0] (EndpointConfigName 'c1'): 1 validation error detected: "
+        "Value null at 'ProductionVariants' failed to satisfy constraint: Member must not be null"
+    )
+
+
+def test_bind_port_range_stays_below_32768_and_apart_from_the_safe_ranges() -> None:
+    with pytest.raises(ConfigError, match=r"must lie within 1024..32767"):
+        RouterConfig.from_mapping({"process": {"bind_port_range_start": 40000}})
+    with pytest.raises(ConfigError, match="overlaps the safe port ranges"):
+        RouterConfig.from_mapping(
+            {"process": {"bind_port_range_start": 25000, "bind_port_range_size": 10}}
+        )

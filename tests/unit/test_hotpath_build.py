@@ -98,3 +98,15 @@ def test_a_source_edited_after_compiling_is_run_as_source(tmp_path: Path) -> Non
     assert module_files == [
         str(copy / "dataplane" / f"{name}.py") for name in ("headers", "stats", "response", "proxy")
     ]
+
+
+def test_a_build_that_demanded_compiling_installed_the_compiled_hot_path() -> None:
+    """CI installs with MCE_ROUTER_BUILD=native: the installed hot path must be the compiled
+    one (a build that quietly fell back would otherwise pass every other test)."""
+    if os.environ.get("MCE_ROUTER_BUILD") != "native":
+        pytest.skip("this run's install did not demand compiling (MCE_ROUTER_BUILD=native)")
+    record = dataplane.build_record()
+    assert record is not None, "the install wrote no _build_record.json"
+    assert record["mode"] == "native" and record["compiled"] is True
+    if not os.environ.get("MCE_ROUTER_PURE_PYTHON"):
+        assert dataplane.implementation() == COMPILED_ALL

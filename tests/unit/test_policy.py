@@ -550,7 +550,7 @@ def statement(**fields: Any) -> dict[str, Any]:
         ),
         (
             {"Version": "2012-10-17", "Statements": []},
-            "policy: unknown top-level keys ['Statements']",
+            "policy.Statements: unknown setting 'Statements'; did you mean 'Statement'?",
         ),
         ({"Version": "2012-10-18", "Statement": []}, "policy.Version: must be '2012-10-17'"),
         ({"Version": "2012-10-17"}, "policy: missing 'Statement'"),
@@ -645,7 +645,10 @@ def statement(**fields: Any) -> dict[str, Any]:
             statement(Principal={"AWS": "*"}),
             "policy.Statement[1].Principal: identity policies cannot name a principal",
         ),
-        (statement(Effects="Allow"), "policy.Statement[1]: unknown keys ['Effects']"),
+        (
+            statement(Effects="Allow"),
+            "policy.Statement[1].Effects: unknown setting 'Effects'; did you mean 'Effect'?",
+        ),
         (statement(Sid="Everything"), "policy.Statement[1].Sid: 'Everything' is used twice"),
         (statement(Sid=5), "policy.Statement[1].Sid: must be a string"),
         (

@@ -889,7 +889,10 @@ def test_auth_config_reads_secrets_from_inline_env_and_file(tmp_path: Path) -> N
         ({"mode": "sigV4"}, "config.auth.mode: must be 'sigv4' or 'none'"),
         ({"mode": "sigv4"}.copy() | {"credentials": []}, "needs at least one credential"),
         ({"mode": "none", "credentials": [{}]}, "given while mode is 'none'"),
-        ({"mode": "sigv4", "colour": 1}, "unknown keys ['colour']"),
+        (
+            {"mode": "sigv4", "colour": 1},
+            "config.auth.colour: unknown setting 'colour'; valid settings: account_id, audit,",
+        ),
         (
             {"mode": "sigv4", "credentials": [{"access_key_id": "A"}]},
             "credentials[0]: needs secret_access_key",

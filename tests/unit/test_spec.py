@@ -939,3 +939,35 @@ ENDPOINT_REFUSALS: list[tuple[str, Any, str, str]] = [
 )
 def test_endpoint_refusals(body: Any, field: str, rule: str) -> None:
     refused(lambda: EndpointSpec.from_request(body), field, rule)
+
+
+def test_the_parameter_names_file_knows_every_member_botocore_knows() -> None:
+    """mce_router/data/sagemaker_members.json refuses misspelled parameters; a parameter that
+    botocore (and so boto3) can send must never be refused as unknown."""
+    import json
+    from importlib import resources
+
+    import botocore.session
+
+    recorded = json.loads(
+        resources.files("mce_router").joinpath("data/sagemaker_members.json").read_text()
+    )
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    for shape, members in recorded.items():
+        if shape.startswith("_"):
+            continue
+        missing = set(model.shape_for(shape).members) - set(members)
+        assert not missing, f"{shape}: regenerate the file, botocore knows {sorted(missing)}"
+
+
+def test_a_misspelled_parameter_is_refused_with_the_closest_name() -> None:
+    body = {"ModelName": "m", "Containers": [{"Image": "i", "Enviroment": {"A": "1"}}]}
+    with pytest.raises(ValidationError) as caught:
+        ModelSpec.from_request(body)
+    assert caught.value.field == "Containers[0].Enviroment"
+    assert "did you mean 'Containers[0].Environment'?" in caught.value.message
+    # Parameters SageMaker has and the router does not interpret are kept, as before.
+    kept = ModelSpec.from_request({**body, "Containers": [{"Image": "i"}], "VpcConfig": {}})
+    assert dict(kept.extra) == {"VpcConfig": {}}
+    with pytest.raises(ValidationError, match="valid parameters: DeploymentConfig"):
+        EndpointSpec.from_request({"EndpointName": "e", "EndpointConfigName": "c", "Zzz": 1})

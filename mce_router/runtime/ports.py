@@ -1,0 +1,68 @@
+"""Ports handed to containers: ``SAGEMAKER_BIND_TO_PORT`` and ``SAGEMAKER_SAFE_PORT_RANGE``.
+
+Both come from fixed ranges below Linux's ephemeral range (32768-60999), never from the kernel's
+port 0: model servers in common use (the Java one many SageMaker framework containers are built
+on) refuse ports above 32767, and ephemeral ports are also what the router's own outgoing
+connections use, so a container could find "its" port taken. The two ranges never overlap
+(config validation), ports in use by anyone are skipped, and allocation goes round the range
+so that a port just released is not handed out again at once.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from ..errors import RouterError
+
+
+class PortsExhausted(RouterError):
+    """Every block of a port range is taken or in use by another program."""
+
+
+class PortBlocks:
+    """Hands out disjoint blocks of ``size`` consecutive ports from ``count`` blocks starting
+    at ``start``, skipping any block in which some port is in use on ``host``."""
+
+    def __init__(self, *, host: str, start: int, size: int, count: int, what: str) -> None:
+        self._host = host
+        self._start = start
+        self._size = size
+        self._count = count
+        self._what = what
+        self._taken: set[int] = set()
+        self._next = 0
+
+    def allocate(self) -> tuple[int, int]:
+        """The first and last port of a free block, now reserved until :meth:`release`."""
+        for offset in range(self._count):
+            block = (self._next + offset) % self._count
+            if block in self._taken:
+                continue
+            first = self._start + block * self._size
+            last = first + self._size - 1
+            if all(port_is_free(self._host, port) for port in range(first, last + 1)):
+                self._taken.add(block)
+                self._next = (block + 1) % self._count
+                return first, last
+        raise PortsExhausted(
+            f"no free {self._what} left: all {self._count} blocks from port {self._start} are "
+            "taken or in use; widen the range in the router config's process section"
+        )
+
+    def reserve(self, first: int) -> None:
+        """Keep the block starting at ``first`` (a restarted container asks for its old port)."""
+        block, rest = divmod(first - self._start, self._size)
+        if rest == 0 and 0 <= block < self._count:
+            self._taken.add(block)
+
+    def release(self, first: int) -> None:
+        self._taken.discard((first - self._start) // self._size)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
