@@ -324,9 +324,11 @@ class Deployment:
             await asyncio.sleep(0.01)
         return self.in_flight == 0
 
-    async def stop(self, drain_seconds: float) -> None:
+    async def stop(self, drain_seconds: float, grace_seconds: float | None = None) -> None:
         """Drain in-flight requests (the route must already be out of the table), stop the
-        supervisors, close pools and stop every container."""
+        supervisors, close pools and stop every container: SIGTERM, then SIGKILL after
+        ``grace_seconds`` (default: the config's). Safe to call again while a stop runs: with
+        ``grace_seconds=0`` that kills the containers the first call still waits for."""
         if drain_seconds > 0:
             await self.drain(drain_seconds)
         self._stopping = True
@@ -341,7 +343,7 @@ class Deployment:
                     ServiceUnavailable(f"Endpoint {self.endpoint_name} is shutting down.")
                 )
                 slot.upstream.pool.close()
-        grace = self._config.process.stop_grace_seconds
+        grace = self._config.process.stop_grace_seconds if grace_seconds is None else grace_seconds
         await asyncio.gather(
             *(self._runtime.stop(s.container, grace) for s in self._slots if s.container),
             return_exceptions=True,

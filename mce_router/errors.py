@@ -114,6 +114,10 @@ class ResourceLimitExceeded(RouterError):
     """A configured limit (containers per model, endpoints, ...) would be exceeded."""
 
 
+class RouterStartupError(RouterError):
+    """The router itself cannot start: a port is taken, the state directory is not writable."""
+
+
 class EndpointStartupError(RouterError):
     """Containers of an endpoint did not start or did not pass the ping health check."""
 

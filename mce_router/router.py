@@ -24,12 +24,16 @@ Long work (starting containers, draining, stopping) runs in one background task 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import logging
 import os
+import tempfile
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -62,6 +66,7 @@ from .errors import (
     ResourceLimitExceeded,
     ResourceNotFound,
     RouterError,
+    RouterStartupError,
     ServiceUnavailable,
     ValidationError,
 )
@@ -182,7 +187,7 @@ class Router:
         loop = asyncio.get_running_loop()
         config = self.config
         _check_listener_security(config)
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_state_dir(config.state_dir)
         try:
             # Before the runtime reaps "orphans" in state_dir/run: a second router on the same
             # state directory would otherwise kill the first one's containers.
@@ -195,13 +200,14 @@ class Router:
             self._server = RuntimeServer(
                 config.limits, loop, account_id=config.account_id, guard=self.guard
             )
-            self._listener = await loop.create_server(
-                self._server.protocol_factory,
-                config.listener.host,
-                config.listener.port,
-                backlog=4096,
-                reuse_address=True,
-            )
+            with _listening("runtime API", config.listener.host, config.listener.port, "port"):
+                self._listener = await loop.create_server(
+                    self._server.protocol_factory,
+                    config.listener.host,
+                    config.listener.port,
+                    backlog=4096,
+                    reuse_address=True,
+                )
             self._admin = web.AppRunner(
                 self._admin_app(), access_log=None, handle_signals=False, shutdown_timeout=5.0
             )
@@ -209,7 +215,13 @@ class Router:
             self._admin_site = web.TCPSite(
                 self._admin, config.listener.host, config.listener.admin_port, reuse_address=True
             )
-            await self._admin_site.start()
+            with _listening(
+                "admin and control-plane",
+                config.listener.host,
+                config.listener.admin_port,
+                "admin_port",
+            ):
+                await self._admin_site.start()
             if self.metrics is not None:
                 self._spawn(
                     self.metrics.run_sampler(
@@ -238,7 +250,9 @@ class Router:
             server.close_idle_connections()
             idle = asyncio.ensure_future(server.wait_idle())
             cut = asyncio.ensure_future(self._drain_cut.wait())
-            await asyncio.wait({idle, cut}, timeout=drain_seconds)
+            await asyncio.wait(
+                (idle, cut), timeout=drain_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
             idle.cancel()
             cut.cancel()
             server.abort_all()
@@ -250,7 +264,7 @@ class Router:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         fleets = [fleet for state in self.endpoints.values() for fleet in state.fleets()]
-        await asyncio.gather(*(d.stop(drain_seconds=0) for d in fleets), return_exceptions=True)
+        await self._stop_fleets(fleets)
         for state in self.endpoints.values():
             state.deployment = state.starting = None
             state.retiring.clear()
@@ -266,9 +280,25 @@ class Router:
             os.close(self._state_dir_lock)
             self._state_dir_lock = None
 
+    async def _stop_fleets(self, fleets: list[Deployment]) -> None:
+        """Stop the containers gracefully, unless abort_drain() is (or gets) called: then kill
+        the ones still running at once."""
+        graceful = asyncio.ensure_future(
+            asyncio.gather(*(d.stop(drain_seconds=0) for d in fleets), return_exceptions=True)
+        )
+        cut = asyncio.ensure_future(self._drain_cut.wait())
+        await asyncio.wait((graceful, cut), return_when=asyncio.FIRST_COMPLETED)
+        cut.cancel()
+        if not graceful.done():
+            await asyncio.gather(
+                *(d.stop(drain_seconds=0, grace_seconds=0) for d in fleets), return_exceptions=True
+            )
+        await graceful
+
     def abort_drain(self) -> None:
-        """Cut a running :meth:`stop`'s drain short: in-flight requests are aborted and the
-        containers stopped now (a second Ctrl-C). Safe to call at any time."""
+        """Cut a running :meth:`stop` short (a second Ctrl-C): in-flight requests are aborted
+        and the containers killed now instead of after their stop grace period; the state file
+        is still closed cleanly. Safe to call at any time."""
         self._drain_cut.set()
 
     @property
@@ -1028,6 +1058,35 @@ def _stored_containers(body: Mapping[str, Any]) -> int:
 
 
 __all__ = ["EndpointState", "ResourceNotFound", "Router", "RouterError"]
+
+
+def _prepare_state_dir(state_dir: Path) -> None:
+    """Create the state directory and prove it writable, so a bad one is one clear line."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=state_dir):
+            pass
+    except OSError as exc:
+        raise RouterStartupError(
+            f"state directory {state_dir}: cannot create or write it "
+            f"({exc.strerror or exc}); set state_dir (or --state-dir) to a writable directory"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _listening(what: str, host: str, port: int, setting: str) -> Iterator[None]:
+    """Turn a failed bind into a line that names the listener, its address and the setting."""
+    try:
+        yield
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            flag = "--port" if setting == "port" else "--admin-port"
+            hint = f" (another program has it; choose another listen.{setting} or {flag})"
+        raise RouterStartupError(
+            f"{what} listener: cannot listen on {host}:{port}: {reason}{hint}"
+        ) from exc
 
 
 def _check_listener_security(config: RouterConfig) -> None:
