@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from .config import RouterConfig
 from .dataplane.proxy import EndpointRoute, InstanceRoute, Upstream, VariantRoute
 from .errors import EndpointStartupError, ServiceUnavailable
-from .health import ping, wait_until_healthy
+from .health import exit_reason, ping, wait_until_healthy
 from .metrics import RouterMetrics, UsageSource
 from .runtime.base import ContainerLaunch, ContainerRuntime, RunningContainer
 from .spec import EndpointConfigSpec, ExecutionMode, ModelSpec
@@ -233,9 +233,8 @@ class Deployment:
                 return
             container = slot.container
             assert container is not None and slot.upstream is not None
-            status = container.exit_status()
-            if status is not None:
-                reason = f"its process exited with code {status}"
+            if container.exit_status() is not None:
+                reason = exit_reason(container, "while serving")
             else:
                 ping_failure = await ping(
                     container.host, container.port, health.ping_timeout_seconds

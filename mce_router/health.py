@@ -9,10 +9,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import signal
 import time
+from pathlib import Path
 
 from .config import HealthSettings
 from .runtime.base import RunningContainer
+
+#: How much of a container's own output a failure reason quotes.
+LOG_TAIL_LINES = 5
+LOG_TAIL_CHARS = 600
+
+
+def describe_exit(status: int) -> str:
+    """``exited with code 3`` / ``was killed by SIGKILL`` for a process's return code."""
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with code {status}"
+
+
+def log_tail(path: Path) -> str:
+    """The last lines a container wrote, on one line (`` | `` between them), or ``""``."""
+    try:
+        with path.open("rb") as log_file:
+            log_file.seek(0, 2)
+            size = log_file.tell()
+            log_file.seek(max(0, size - 16 * 1024))
+            text = log_file.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    # The router's own "=== starting ..." banner lines say nothing about the failure.
+    lines = [
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("===")
+    ]
+    tail = " | ".join(lines[-LOG_TAIL_LINES:])
+    return tail if len(tail) <= LOG_TAIL_CHARS else "..." + tail[-LOG_TAIL_CHARS:]
+
+
+def exit_reason(container: RunningContainer, when: str) -> str:
+    """Why a container that stopped is unhealthy: its exit and the last lines of its log."""
+    status = container.exit_status()
+    reason = f"its process {describe_exit(status if status is not None else 0)} {when}"
+    tail = log_tail(container.launch.log_path)
+    return f"{reason}; last log lines: {tail}" if tail else f"{reason}; its log is empty"
 
 
 async def ping(host: str, port: int, timeout: float) -> str | None:
@@ -29,7 +72,12 @@ async def ping(host: str, port: int, timeout: float) -> str | None:
     except TimeoutError:
         return f"no answer to GET /ping within {timeout:g} s"
     except OSError as exc:
-        return f"GET /ping failed: {exc.strerror or exc}"
+        if exc.errno == errno.ECONNREFUSED:
+            return (
+                f"connection refused on port {port} (nothing listens there yet; the container "
+                "must listen on SAGEMAKER_BIND_TO_PORT)"
+            )
+        return f"GET /ping to port {port} failed: {exc.strerror or exc}"
     finally:
         if writer is not None:
             writer.close()
@@ -52,20 +100,22 @@ async def wait_until_healthy(
     """
     deadline = time.monotonic() + window_seconds
     interval = settings.startup_ping_interval_seconds
-    last_reason = "no ping was answered"
+    last_reason: str | None = None
     while True:
-        status = container.exit_status()
-        if status is not None:
-            return f"its process exited with code {status} before answering /ping"
+        if container.exit_status() is not None:
+            return exit_reason(container, "before answering /ping")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return f"not healthy within {window_seconds:g} s; last: {last_reason}"
-        reason = await ping(
-            container.host, container.port, min(settings.ping_timeout_seconds, remaining)
-        )
+            found = last_reason or "no ping was answered"
+            return f"not healthy within {window_seconds:g} s; last: {found}"
+        timeout = min(settings.ping_timeout_seconds, remaining)
+        reason = await ping(container.host, container.port, timeout)
         if reason is None:
             return None
-        last_reason = reason
+        # A ping cut short by the end of the window says nothing about the container: keep
+        # what the pings before it found (e.g. connection refused).
+        if timeout >= settings.ping_timeout_seconds or last_reason is None:
+            last_reason = reason
         await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         # Back off gently: slow models (minutes to load) need not be pinged ten times a second.
         interval = min(interval * 1.5, 1.0)

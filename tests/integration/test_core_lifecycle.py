@@ -122,8 +122,27 @@ async def test_startup_exit_fails_fast(config_factory: Any) -> None:
         assert error.failed_containers == ("bravo",)
         assert "bravo did not pass the ping health check" in error.message
         assert "exited with code 3" in error.message, error.message
-        assert router.describe_endpoint("exits")["EndpointStatus"] == "Failed"
+        # The container's own words: the last lines of its log.
+        assert "; last log lines: fault container [" in error.message
+        assert "]: FAULT_STARTUP=exit: exiting with code 3" in error.message
+        described = router.describe_endpoint("exits")
+        assert described["EndpointStatus"] == "Failed"
+        assert "FAULT_STARTUP=exit: exiting with code 3" in described["FailureReason"]
         await wait_no_live_processes(child_processes() - before)
+
+
+async def test_a_container_that_never_listens_is_reported_as_refused_not_as_a_cut_timeout(
+    config_factory: Any,
+) -> None:
+    config = config_factory(health=HealthSettings(startup_timeout_seconds=1.5, **FAST_HEALTH))
+    model = multi_model("deaf", [container("alpha", FAULT_STARTUP="never-listen")], "Direct")
+    async with running_router(config) as router:
+        error = await _create_failing(router, model)
+        port = error.message.partition("connection refused on port ")[2].split(" ")[0]
+        assert port.isdigit(), error.message
+        assert "not healthy within 1.5 s; last: connection refused on port" in error.message
+        assert "must listen on SAGEMAKER_BIND_TO_PORT" in error.message
+        assert "no answer to GET /ping" not in error.message
 
 
 async def test_embedded_router_leaves_nothing_behind(config_factory: Any, tmp_path: Path) -> None:
