@@ -12,6 +12,7 @@ import contextlib
 import errno
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import HealthSettings
@@ -58,7 +59,18 @@ def exit_reason(container: RunningContainer, when: str) -> str:
     return f"{reason}; last log lines: {tail}" if tail else f"{reason}; its log is empty"
 
 
-async def ping(host: str, port: int, timeout: float) -> str | None:
+@dataclass(frozen=True, slots=True)
+class PingFailure:
+    """Why one ``GET /ping`` failed; ``timed_out`` when the container did not answer in time."""
+
+    reason: str
+    timed_out: bool = False
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+async def ping(host: str, port: int, timeout: float) -> PingFailure | None:
     """``GET /ping``; None when the container answered 200, otherwise why it is unhealthy."""
     writer: asyncio.StreamWriter | None = None
     try:
@@ -70,14 +82,14 @@ async def ping(host: str, port: int, timeout: float) -> str | None:
             )
             status_line = await reader.readline()
     except TimeoutError:
-        return f"no answer to GET /ping within {timeout:g} s"
+        return PingFailure(f"no answer to GET /ping within {timeout:g} s", timed_out=True)
     except OSError as exc:
         if exc.errno == errno.ECONNREFUSED:
-            return (
+            return PingFailure(
                 f"connection refused on port {port} (nothing listens there yet; the container "
                 "must listen on SAGEMAKER_BIND_TO_PORT)"
             )
-        return f"GET /ping to port {port} failed: {exc.strerror or exc}"
+        return PingFailure(f"GET /ping to port {port} failed: {exc.strerror or exc}")
     finally:
         if writer is not None:
             writer.close()
@@ -85,9 +97,9 @@ async def ping(host: str, port: int, timeout: float) -> str | None:
                 await writer.wait_closed()
     parts = status_line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-        return "GET /ping got an invalid HTTP answer"
+        return PingFailure("GET /ping got an invalid HTTP answer")
     if parts[1] != b"200":
-        return f"GET /ping answered {parts[1].decode('latin-1')}"
+        return PingFailure(f"GET /ping answered {parts[1].decode('latin-1')}")
     return None
 
 
@@ -100,22 +112,23 @@ async def wait_until_healthy(
     """
     deadline = time.monotonic() + window_seconds
     interval = settings.startup_ping_interval_seconds
-    last_reason: str | None = None
+    last_failure: PingFailure | None = None
     while True:
         if container.exit_status() is not None:
             return exit_reason(container, "before answering /ping")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            found = last_reason or "no ping was answered"
+            found = last_failure or "no ping was answered"
             return f"not healthy within {window_seconds:g} s; last: {found}"
         timeout = min(settings.ping_timeout_seconds, remaining)
-        reason = await ping(container.host, container.port, timeout)
-        if reason is None:
+        failure = await ping(container.host, container.port, timeout)
+        if failure is None:
             return None
-        # A ping cut short by the end of the window says nothing about the container: keep
-        # what the pings before it found (e.g. connection refused).
-        if timeout >= settings.ping_timeout_seconds or last_reason is None:
-            last_reason = reason
+        # A ping timed out only because the window's end cut it short says nothing about the
+        # container: keep what the pings before it found (e.g. connection refused).
+        cut_short = failure.timed_out and timeout < settings.ping_timeout_seconds
+        if not cut_short or last_failure is None:
+            last_failure = failure
         await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         # Back off gently: slow models (minutes to load) need not be pinged ten times a second.
         interval = min(interval * 1.5, 1.0)
