@@ -1,2 +1,4 @@
-"""The SageMaker control plane: persistence (store), the JSON 1.1 adapter (api), listing and
-validation helpers. The resource methods themselves live on :class:`mce_router.router.Router`."""
+"""The SageMaker control plane's resources: persistence (store), models and endpoint configs
+(catalog), the records Describe/List show (resources), the endpoint statuses (status), listing
+and validation. Endpoints themselves are :mod:`mce_router.endpoints`'; the HTTP adapter is
+:mod:`mce_router.admin`'s."""

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import time
 
-from .config import HealthSettings
-from .runtime.base import RunningContainer
+from ..config import HealthSettings
+from ..runtime.base import RunningContainer
 
 
 async def ping(host: str, port: int, timeout: float) -> str | None:
