@@ -1,4 +1,4 @@
-"""The SageMaker control plane's resources: persistence (store), models and endpoint configs
-(catalog), the records Describe/List show (resources), the endpoint statuses (status), listing
-and validation. Endpoints themselves are :mod:`mce_router.endpoints`'; the HTTP adapter is
-:mod:`mce_router.admin`'s."""
+"""The SageMaker control plane's resources, without HTTP: the state file (store), models and
+endpoint configs (catalog), the records Describe and List show (resources), the endpoint
+statuses and their moves (status), List paging (listing) and parameter validation. Endpoints
+live in :mod:`mce_router.endpoints`; the HTTP adapter in :mod:`mce_router.admin`."""

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..arns import sagemaker_arn
-from .policy import TARGET_CONTAINER_KEY, AuthzRequest
+from .patterns import TARGET_CONTAINER_KEY
+from .policy import AuthzRequest
 
 INVOKE_ENDPOINT_ACTION: Final = "sagemaker:InvokeEndpoint"
 
