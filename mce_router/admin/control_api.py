@@ -3,9 +3,9 @@
 ``POST /`` with ``X-Amz-Target: SageMaker.<Operation>``; the body is the operation's parameters
 as a JSON object, the answer its output (``application/x-amz-json-1.1``). This module only
 translates: every operation is one call of the :class:`~mce_router.control.catalog.Catalog` or
-the :class:`~mce_router.endpoints.manager.EndpointManager`,
-and every error goes through :func:`mce_router.errors.wire_error` (``{"__type", "message"}``,
-which boto3 turns into the exception SageMaker would raise). With ``auth.mode: sigv4`` every
+the :class:`~mce_router.endpoints.manager.EndpointManager`, and every error goes through
+:func:`mce_router.errors.wire_error` (``{"__type", "message"}``, which boto3 turns into the
+exception SageMaker would raise). With ``auth.mode: sigv4`` every
 call is authenticated (SigV4) and authorized (``sagemaker:<Operation>`` on the resources it
 names) before anything else happens.
 """
