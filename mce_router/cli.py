@@ -11,9 +11,9 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from . import __version__, dataplane
+from .aio import finished_before
 from .config import Listener, RouterConfig
 from .dataplane.allocator import tune_allocator
 from .errors import ConfigError, RouterError
@@ -214,22 +214,12 @@ class _StopSignals:
             self._loop.remove_signal_handler(sig)
 
 
-async def _first(work: asyncio.Future[None], event: asyncio.Event) -> bool:
-    """Wait for ``work`` or ``event``, whichever comes first; True when the event came first."""
-    waiter: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait((work, waiter), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-    return not work.done()
-
-
 async def _serve(config: RouterConfig, drain_seconds: float) -> None:
     signals = _StopSignals(asyncio.get_running_loop())
     router = Router(config)
     try:
         starting = asyncio.ensure_future(router.start())
-        if await _first(starting, signals.graceful):
+        if not await finished_before(starting, signals.graceful):
             # Router.start stops whatever it started when it is cancelled.
             log.info("stopping during start-up: stopping the containers started so far")
             starting.cancel()
@@ -262,7 +252,7 @@ async def _serve(config: RouterConfig, drain_seconds: float) -> None:
             drain_seconds,
         )
         stopping = asyncio.ensure_future(router.stop(drain_seconds=drain_seconds))
-        if await _first(stopping, signals.immediate):
+        if not await finished_before(stopping, signals.immediate):
             router.abort_drain()
         await stopping
     finally:

@@ -22,7 +22,7 @@ from botocore.validate import validate_parameters
 
 from mce_router import Router, RouterConfig
 from mce_router.config import HealthSettings, Limits, Listener, ProcessImage, ProcessSettings
-from mce_router.endpoints import ContainerSlot
+from mce_router.endpoints.deployment import ContainerSlot
 
 FAULT_CONTAINER = Path(__file__).parent / "containers" / "fault_container.py"
 

@@ -22,23 +22,14 @@ import orjson
 
 from ..errors import ValidationError
 from . import validation
+from .status import EndpointStatus
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
 _TOKEN_VERSION = 1
 
 #: Every endpoint status SageMaker defines (StatusEquals accepts any of them).
-ENDPOINT_STATUSES = (
-    "OutOfService",
-    "Creating",
-    "Updating",
-    "SystemUpdating",
-    "RollingBack",
-    "InService",
-    "Deleting",
-    "Failed",
-    "UpdateRollbackFailed",
-)
+ENDPOINT_STATUSES = tuple(str(status) for status in EndpointStatus)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from ..spec import EndpointConfigSpec, ModelSpec
-
-ResourceKind = Literal["model", "endpoint-config", "endpoint"]
 
 #: Members of the CreateModel request that DescribeModel's output has too (Tags is not one).
 _MODEL_OUTPUT_EXTRAS = (
@@ -66,11 +64,6 @@ class NameMap(MutableMapping[str, _Value]):
 
     def __repr__(self) -> str:
         return f"NameMap({ {name: value for name, value in self._items.values()}!r})"
-
-
-def arn(region: str, account_id: str, kind: ResourceKind, name: str) -> str:
-    """SageMaker ARNs lower-case the resource name."""
-    return f"arn:aws:sagemaker:{region}:{account_id}:{kind}/{name.lower()}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import orjson
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ServiceUnavailable
 
 #: Bumped when the schema changes; a file written by a newer router is refused, not misread.
 SCHEMA_VERSION = 1
@@ -101,6 +101,9 @@ class Store:
         self.path = path
         self._db = db
         self._lock_fd = lock_fd
+        #: Set when the router begins to stop: from then on no call may change anything.
+        self.closing = False
+        self.closed = False
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -120,7 +123,14 @@ class Store:
             raise
         return cls(path, db, lock_fd)
 
+    def for_change(self) -> Store:
+        """This store, for a call about to change something; refused once the router stops."""
+        if self.closing:
+            raise ServiceUnavailable("The router is stopping; retry against its next start.")
+        return self
+
     def close(self) -> None:
+        self.closing = self.closed = True
         self._db.close()
         os.close(self._lock_fd)
 

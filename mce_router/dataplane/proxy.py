@@ -182,6 +182,20 @@ class EndpointRoute:
         return random.choices(self.variants, cum_weights=self._cumulative_weights)[0]
 
 
+def invocation_path(endpoint_name: str) -> bytes:
+    """The path of InvokeEndpoint on ``endpoint_name``, as boto3 sends it."""
+    return f"/endpoints/{endpoint_name}/invocations".encode()
+
+
+def endpoint_path(path: bytes) -> tuple[str, bytes] | None:
+    """``/endpoints/{name}/{action}`` (no query string) -> (name, action); None for any other
+    path. The one place the runtime API's paths are taken apart."""
+    parts = path.split(b"/")
+    if len(parts) == 4 and parts[0] == b"" and parts[1] == b"endpoints":
+        return parts[2].decode("latin-1"), parts[3]
+    return None
+
+
 class RoutingTable:
     """Immutable map from the raw request path to an endpoint; replaced whole, never mutated."""
 
@@ -192,7 +206,7 @@ class RoutingTable:
         self.by_name: dict[str, EndpointRoute] = {e.name.lower(): e for e in endpoints}
         # Keyed by the exact bytes boto3 sends, so the common case is one dict lookup.
         self.by_path: dict[bytes, EndpointRoute] = {
-            f"/endpoints/{e.name}/invocations".encode(): e for e in self.by_name.values()
+            invocation_path(e.name): e for e in self.by_name.values()
         }
 
     def with_endpoint(self, endpoint: EndpointRoute) -> RoutingTable:
@@ -1357,11 +1371,9 @@ class ClientConnection(asyncio.Protocol):
         assert signature is not None and guard is not None
         try:
             credential = signature.finish()
-            parts = self._url.partition(b"?")[0].split(b"/")
-            if len(parts) == 4 and parts[0] == b"" and parts[1] == b"endpoints":
-                guard.authorize_invoke(
-                    credential, parts[2].decode("latin-1"), self._headers.target_container
-                )
+            named = endpoint_path(self._url.partition(b"?")[0])
+            if named is not None:
+                guard.authorize_invoke(credential, named[0], self._headers.target_container)
         except AuthError as exc:
             return exc
         return None
@@ -1428,16 +1440,16 @@ class ClientConnection(asyncio.Protocol):
         if path == b"/ping" and request.method in (b"GET", b"HEAD"):
             self._write_raw(self.server.ping_response, b"", request.keep_alive)
             return
-        parts = path.split(b"/")
-        if len(parts) == 4 and parts[0] == b"" and parts[1] == b"endpoints":
-            name = parts[2].decode("latin-1")
-            if parts[3] in (b"invocations", b"invocations-response-stream"):
+        named = endpoint_path(path)
+        if named is not None:
+            name, action = named
+            if action in (b"invocations", b"invocations-response-stream"):
                 if request.method != b"POST":
                     self._write_error(
                         UnknownOperation("Invocations must use POST."), request.keep_alive, None
                     )
                     return
-                if parts[3] == b"invocations-response-stream":
+                if action == b"invocations-response-stream":
                     self._write_error(
                         ValidationError(
                             "Response streaming (InvokeEndpointWithResponseStream) is not "
@@ -1449,8 +1461,7 @@ class ClientConnection(asyncio.Protocol):
                     return
                 route = self.server.table.by_name.get(name.lower())
                 if route is not None:  # another letter case, or a query string was appended
-                    canonical = f"/endpoints/{route.name}/invocations".encode()
-                    self._handle(request._replace_url(canonical))
+                    self._handle(request._replace_url(invocation_path(route.name)))
                     return
                 self._write_error(
                     EndpointNotFound(

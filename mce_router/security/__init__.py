@@ -31,10 +31,11 @@ from .actions import (
     model_arn,
 )
 from .audit import AUDIT_LOGGER_NAME, AuditLog
+from .canonical import Headers
 from .config import AuthConfig, AuthMode
 from .errors import AccessDenied, AuthenticationError, AuthError, PolicyError
+from .patterns import TARGET_CONTAINER_KEY
 from .policy import (
-    TARGET_CONTAINER_KEY,
     AuthzRequest,
     Decision,
     DecisionKind,
@@ -44,7 +45,7 @@ from .policy import (
     access_denied_message,
     evaluate,
 )
-from .sigv4 import Body, Credential, Headers, PendingSignature, SigV4Verifier
+from .sigv4 import Body, Credential, PendingSignature, SigV4Verifier
 
 __all__ = [
     "AUDIT_LOGGER_NAME",

@@ -19,13 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .policy import TARGET_CONTAINER_KEY, AuthzRequest
+from ..arns import sagemaker_arn
+from .patterns import TARGET_CONTAINER_KEY
+from .policy import AuthzRequest
 
 INVOKE_ENDPOINT_ACTION: Final = "sagemaker:InvokeEndpoint"
-
-
-def sagemaker_arn(region: str, account_id: str, resource_type: str, name: str) -> str:
-    return f"arn:aws:sagemaker:{region}:{account_id}:{resource_type}/{name.lower()}"
 
 
 def endpoint_arn(region: str, account_id: str, name: str) -> str:

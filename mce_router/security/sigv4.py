@@ -27,11 +27,7 @@ What is checked, in order (headers first, so a request can be refused before its
    per-call ``amz-sdk-invocation-id``, so two identical calls within one second carry identical
    signatures and would be refused; AWS itself does not reject them either.
 
-The canonical request follows botocore, checked against the AWS SigV4 test suite: the path is
-the raw path with dot segments and empty segments removed, percent-encoded once more (so a
-client's ``%2F`` becomes ``%252F``: non-S3 services encode twice); the query is decoded and
-re-encoded per name and value, sorted; header values are trimmed with inner whitespace runs
-collapsed, duplicates joined with ``,`` in arrival order.
+The canonical request follows botocore (:mod:`~mce_router.security.canonical`).
 """
 
 from __future__ import annotations
@@ -44,12 +40,21 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import quote, unquote_to_bytes
 
+from .canonical import (
+    ALGORITHM,
+    Headers,
+    canonical_header_value,
+    canonical_query,
+    canonical_uri,
+    headers_by_name,
+    method_bytes,
+    signing_key,
+    split_request_target,
+)
 from .errors import AuthenticationError, AuthErrorCode
 from .policy import PolicyDocument, PolicySet
 
-ALGORITHM: Final = "AWS4-HMAC-SHA256"
 TARGET_CONTAINER_HEADER: Final = "x-amzn-sagemaker-target-container-hostname"
 #: Headers that change what a request means or who may make it: when present they must be
 #: signed. (botocore signs every header it sends except a fixed few such as User-Agent.)
@@ -60,7 +65,6 @@ DEFAULT_MUST_SIGN_IF_PRESENT: Final = (
 )
 DEFAULT_MAX_SKEW_SECONDS: Final = 300.0
 
-Headers = Sequence[tuple[bytes, bytes]]
 Chunk = bytes | bytearray | memoryview
 Body = Chunk | Iterable[Chunk]
 
@@ -71,9 +75,6 @@ _MISMATCH: Final = (
 )
 _INVALID_TOKEN: Final = "The security token included in the request is invalid."
 _AMZ_DATE: Final = re.compile(rb"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
-# Paths made only of unreserved characters in non-empty, non-dot segments canonicalize to
-# themselves (every SageMaker invocation path does); anything else takes the general route.
-_PLAIN_PATH: Final = re.compile(rb"(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?|/")
 _PRESIGNED_MARKERS: Final = (b"X-Amz-Signature=", b"X-Amz-Credential=", b"X-Amz-Algorithm=")
 
 
@@ -113,124 +114,6 @@ def _shown(value: bytes | str, limit: int = 64) -> str:
 
 def amz_date(epoch_seconds: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch_seconds))
-
-
-# ---------------------------------------------------------------------------------------------
-# Canonical request pieces
-# ---------------------------------------------------------------------------------------------
-
-
-def split_request_target(target: bytes) -> tuple[bytes, bytes]:
-    """``/path?query`` as sent on the request line -> (raw path, raw query)."""
-    path, _, query = target.partition(b"?")
-    return path, query
-
-
-def _remove_dot_segments(path: bytes) -> bytes:
-    # RFC 3986 5.2.4, plus dropping empty segments, exactly as botocore normalizes before signing.
-    output: list[bytes] = []
-    for segment in path.split(b"/"):
-        if not segment or segment == b".":
-            continue
-        if segment == b"..":
-            if output:
-                output.pop()
-        else:
-            output.append(segment)
-    first = b"/" if path.startswith(b"/") else b""
-    last = b"/" if path.endswith(b"/") and output else b""
-    return first + b"/".join(output) + last
-
-
-def canonical_uri(raw_path: bytes) -> bytes:
-    """The canonical URI of a raw request path: normalized, then percent-encoded once more."""
-    if _PLAIN_PATH.fullmatch(raw_path):
-        return raw_path
-    normalized = _remove_dot_segments(raw_path) if raw_path else b"/"
-    return quote(normalized or b"/", safe="/~").encode("ascii")
-
-
-def canonical_query(raw_query: bytes) -> bytes:
-    """Each name and value percent-decoded and re-encoded (RFC 3986 unreserved kept), sorted by
-    name then value; ``name`` without ``=`` becomes ``name=``."""
-    if not raw_query:
-        return b""
-    pairs: list[tuple[str, str]] = []
-    for part in raw_query.split(b"&"):
-        if not part:
-            continue
-        name, _, value = part.partition(b"=")
-        pairs.append(
-            (
-                quote(unquote_to_bytes(name), safe="-_.~"),
-                quote(unquote_to_bytes(value), safe="-_.~"),
-            )
-        )
-    pairs.sort()
-    return "&".join(f"{name}={value}" for name, value in pairs).encode("ascii")
-
-
-def _headers_by_name(headers: Headers) -> dict[bytes, list[bytes]]:
-    by_name: dict[bytes, list[bytes]] = {}
-    for name, value in headers:
-        lower = name.lower()
-        values = by_name.get(lower)
-        if values is None:
-            by_name[lower] = [value]
-        else:
-            values.append(value)
-    return by_name
-
-
-def _canonical_header_value(values: list[bytes]) -> bytes:
-    # Trim, collapse inner whitespace runs to one space; duplicates joined in arrival order.
-    if len(values) == 1:
-        return b" ".join(values[0].split())
-    return b",".join(b" ".join(value.split()) for value in values)
-
-
-def canonical_request(
-    method: bytes | str,
-    raw_path: bytes,
-    raw_query: bytes,
-    headers: Headers,
-    signed_headers: Sequence[str],
-    payload_sha256_hex: str,
-) -> bytes:
-    """The canonical request over ``signed_headers`` (lower-case names, in the given order).
-    Exposed for tests and debugging; :class:`SigV4Verifier` builds the same bytes."""
-    by_name = _headers_by_name(headers)
-    lines = [
-        name.encode("ascii") + b":" + _canonical_header_value(by_name.get(name.encode("ascii"), []))
-        for name in signed_headers
-    ]
-    return b"\n".join(
-        [
-            _method_bytes(method),
-            canonical_uri(raw_path),
-            canonical_query(raw_query),
-            b"\n".join(lines) + b"\n",
-            ";".join(signed_headers).encode("ascii"),
-            payload_sha256_hex.encode("ascii"),
-        ]
-    )
-
-
-def string_to_sign(amz_date_value: bytes, scope: bytes, canonical: bytes) -> bytes:
-    return b"\n".join(
-        [ALGORITHM.encode(), amz_date_value, scope, hashlib.sha256(canonical).hexdigest().encode()]
-    )
-
-
-def signing_key(secret_access_key: str, date: str, region: str, service: str) -> bytes:
-    key = hmac.digest(f"AWS4{secret_access_key}".encode(), date.encode(), "sha256")
-    for part in (region, service, "aws4_request"):
-        key = hmac.digest(key, part.encode(), "sha256")
-    return key
-
-
-def _method_bytes(method: bytes | str) -> bytes:
-    return (method.encode("ascii") if isinstance(method, str) else method).upper()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +307,7 @@ class SigV4Verifier:
             if raw_query:
                 raise ValueError("raw_path contains '?' and raw_query is given too")
             raw_path, raw_query = split_request_target(raw_path)
-        by_name = _headers_by_name(headers)
+        by_name = headers_by_name(headers)
         auth = self._parse_authorization(by_name, raw_query)
         date_value, request_time = self._request_date(by_name)
         self._check_scope(auth, date_value)
@@ -435,11 +318,11 @@ class SigV4Verifier:
             self._check_replay(auth.signature)
 
         lines = [
-            prefix + _canonical_header_value(by_name[name]) for name, prefix in auth.signed.prefixes
+            prefix + canonical_header_value(by_name[name]) for name, prefix in auth.signed.prefixes
         ]
         canonical_head = b"\n".join(
             [
-                _method_bytes(method),
+                method_bytes(method),
                 canonical_uri(raw_path),
                 canonical_query(raw_query),
                 b"\n".join(lines) + b"\n",

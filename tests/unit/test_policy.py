@@ -29,7 +29,7 @@ from mce_router.security import (
     evaluate,
     invoke_request,
 )
-from mce_router.security.policy import TARGET_CONTAINER_KEY
+from mce_router.security.patterns import TARGET_CONTAINER_KEY
 
 REGION = "us-east-1"
 ACCOUNT = "000000000000"

@@ -37,14 +37,14 @@ from mce_router.security import (
     PolicyDocument,
     SigV4Verifier,
 )
-from mce_router.security.sigv4 import (
-    TARGET_CONTAINER_HEADER,
+from mce_router.security.canonical import (
     canonical_query,
     canonical_request,
     canonical_uri,
     split_request_target,
     string_to_sign,
 )
+from mce_router.security.sigv4 import TARGET_CONTAINER_HEADER
 
 KEY = "AKIDROUTERTEST"
 SECRET = "router/test+secret/KEY0123456789abcdefghij"

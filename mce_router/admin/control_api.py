@@ -2,9 +2,10 @@
 
 ``POST /`` with ``X-Amz-Target: SageMaker.<Operation>``; the body is the operation's parameters
 as a JSON object, the answer its output (``application/x-amz-json-1.1``). This module only
-translates: every operation is one call of a :class:`~mce_router.router.Router` resource method,
-and every error goes through :func:`mce_router.errors.wire_error` (``{"__type", "message"}``,
-which boto3 turns into the exception SageMaker would raise). With ``auth.mode: sigv4`` every
+translates: every operation is one call of the :class:`~mce_router.control.catalog.Catalog` or
+the :class:`~mce_router.endpoints.manager.EndpointManager`, and every error goes through
+:func:`mce_router.errors.wire_error` (``{"__type", "message"}``, which boto3 turns into the
+exception SageMaker would raise). With ``auth.mode: sigv4`` every
 call is authenticated (SigV4) and authorized (``sagemaker:<Operation>`` on the resources it
 names) before anything else happens.
 """
@@ -14,45 +15,54 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
+from ..arns import Arns, ResourceKind
+from ..control.catalog import Catalog
+from ..control.validation import required_name
+from ..endpoints.manager import EndpointManager
 from ..errors import RouterError, SerializationError, UnknownTarget, wire_error
-from .validation import required_name
-
-if TYPE_CHECKING:
-    from ..router import Router
+from ..security import Guard
+from .app import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/x-amz-json-1.1"
 TARGET_PREFIX = "SageMaker."
-#: The admin app's ``client_max_size``: larger control-plane bodies are refused unread.
-MAX_BODY_BYTES = 1024 * 1024
 
 Params = Mapping[str, Any]
 Operation = Callable[[Params], Awaitable[dict[str, Any]]]
 
 
 class ControlApi:
-    """Maps the thirteen model / endpoint config / endpoint operations to the router."""
+    """Maps the thirteen model / endpoint config / endpoint operations to the catalog (models,
+    endpoint configs) and the endpoint manager; :meth:`handle` is the ``POST /`` handler."""
 
-    def __init__(self, router: Router) -> None:
-        self._router = router
+    def __init__(
+        self, catalog: Catalog, endpoints: EndpointManager, guard: Guard | None, arns: Arns
+    ) -> None:
+        self._guard = guard
+        self._arns = arns
+        self._endpoints = endpoints
         self._operations: dict[str, Operation] = {
-            "CreateModel": self._create_model,
-            "DescribeModel": self._describe_model,
-            "ListModels": self._list_models,
-            "DeleteModel": self._delete_model,
-            "CreateEndpointConfig": self._create_endpoint_config,
-            "DescribeEndpointConfig": self._describe_endpoint_config,
-            "ListEndpointConfigs": self._list_endpoint_configs,
-            "DeleteEndpointConfig": self._delete_endpoint_config,
+            "CreateModel": _create(catalog.create_model, "ModelArn", arns, "model"),
+            "DescribeModel": _named(catalog.describe_model, "ModelName"),
+            "ListModels": _listing(catalog.list_models),
+            "DeleteModel": _named(catalog.delete_model, "ModelName"),
+            "CreateEndpointConfig": _create(
+                catalog.create_endpoint_config, "EndpointConfigArn", arns, "endpoint-config"
+            ),
+            "DescribeEndpointConfig": _named(
+                catalog.describe_endpoint_config, "EndpointConfigName"
+            ),
+            "ListEndpointConfigs": _listing(catalog.list_endpoint_configs),
+            "DeleteEndpointConfig": _named(catalog.delete_endpoint_config, "EndpointConfigName"),
             "CreateEndpoint": self._create_endpoint,
-            "DescribeEndpoint": self._describe_endpoint,
-            "ListEndpoints": self._list_endpoints,
+            "DescribeEndpoint": _named(endpoints.describe_endpoint, "EndpointName"),
+            "ListEndpoints": _listing(endpoints.list_endpoints),
             "UpdateEndpoint": self._update_endpoint,
             "DeleteEndpoint": self._delete_endpoint,
         }
@@ -62,7 +72,7 @@ class ControlApi:
         target = request.headers.get("X-Amz-Target", "")
         try:
             raw = await _read_body(request)
-            guard = self._router.guard
+            guard = self._guard
             # Authenticate first, then authorize on the names the call carries, before the
             # operation or any resource is looked up: a denied caller learns nothing about them.
             credential = (
@@ -101,57 +111,52 @@ class ControlApi:
             )
         return operation
 
-    # --- models ------------------------------------------------------------------------------
-
-    async def _create_model(self, params: Params) -> dict[str, Any]:
-        model = self._router.create_model(params)
-        return {"ModelArn": self._router.arn("model", model.name)}
-
-    async def _describe_model(self, params: Params) -> dict[str, Any]:
-        return self._router.describe_model(required_name(params, "ModelName"))
-
-    async def _list_models(self, params: Params) -> dict[str, Any]:
-        return self._router.list_models(params)
-
-    async def _delete_model(self, params: Params) -> dict[str, Any]:
-        self._router.delete_model(required_name(params, "ModelName"))
-        return {}
-
-    # --- endpoint configs --------------------------------------------------------------------
-
-    async def _create_endpoint_config(self, params: Params) -> dict[str, Any]:
-        endpoint_config = self._router.create_endpoint_config(params)
-        return {"EndpointConfigArn": self._router.arn("endpoint-config", endpoint_config.name)}
-
-    async def _describe_endpoint_config(self, params: Params) -> dict[str, Any]:
-        return self._router.describe_endpoint_config(required_name(params, "EndpointConfigName"))
-
-    async def _list_endpoint_configs(self, params: Params) -> dict[str, Any]:
-        return self._router.list_endpoint_configs(params)
-
-    async def _delete_endpoint_config(self, params: Params) -> dict[str, Any]:
-        self._router.delete_endpoint_config(required_name(params, "EndpointConfigName"))
-        return {}
-
-    # --- endpoints ---------------------------------------------------------------------------
+    # --- the endpoint operations answer at once; their work goes on in the background --------
 
     async def _create_endpoint(self, params: Params) -> dict[str, Any]:
-        state = await self._router.create_endpoint(params, wait=False)
-        return {"EndpointArn": self._router.arn("endpoint", state.name)}
-
-    async def _describe_endpoint(self, params: Params) -> dict[str, Any]:
-        return self._router.describe_endpoint(required_name(params, "EndpointName"))
-
-    async def _list_endpoints(self, params: Params) -> dict[str, Any]:
-        return self._router.list_endpoints(params)
+        state = await self._endpoints.create_endpoint(params, wait=False)
+        return {"EndpointArn": self._arns.of("endpoint", state.name)}
 
     async def _update_endpoint(self, params: Params) -> dict[str, Any]:
-        state = await self._router.update_endpoint(params, wait=False)
-        return {"EndpointArn": self._router.arn("endpoint", state.name)}
+        state = await self._endpoints.update_endpoint(params, wait=False)
+        return {"EndpointArn": self._arns.of("endpoint", state.name)}
 
     async def _delete_endpoint(self, params: Params) -> dict[str, Any]:
-        await self._router.delete_endpoint(required_name(params, "EndpointName"), wait=False)
+        await self._endpoints.delete_endpoint(required_name(params, "EndpointName"), wait=False)
         return {}
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+def _create(
+    create: Callable[[Params], _Named], key: str, arns: Arns, kind: ResourceKind
+) -> Operation:
+    """Create<Resource>: the output is the new resource's ARN under ``key``."""
+
+    async def operation(params: Params) -> dict[str, Any]:
+        return {key: arns.of(kind, create(params).name)}
+
+    return operation
+
+
+def _named(call: Callable[[str], dict[str, Any] | None], field: str) -> Operation:
+    """Describe<Resource> / Delete<Resource>: one call with the name in ``field``; Delete
+    answers ``{}``."""
+
+    async def operation(params: Params) -> dict[str, Any]:
+        return call(required_name(params, field)) or {}
+
+    return operation
+
+
+def _listing(call: Callable[[Params], dict[str, Any]]) -> Operation:
+    async def operation(params: Params) -> dict[str, Any]:
+        return call(params)
+
+    return operation
 
 
 def _operation_name(target: str) -> str:

@@ -17,13 +17,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .config import RouterConfig
-from .dataplane.proxy import EndpointRoute, InstanceRoute, Upstream, VariantRoute
-from .errors import EndpointStartupError, ServiceUnavailable
+from ..arns import log_stream_arn
+from ..config import RouterConfig
+from ..dataplane.proxy import EndpointRoute, InstanceRoute, Upstream, VariantRoute
+from ..errors import EndpointStartupError, ServiceUnavailable
+from ..metrics import RouterMetrics, UsageSource
+from ..runtime.base import ContainerLaunch, ContainerRuntime, RunningContainer
+from ..spec import EndpointConfigSpec, ExecutionMode, ModelSpec
 from .health import exit_reason, ping, wait_until_healthy
-from .metrics import RouterMetrics, UsageSource
-from .runtime.base import ContainerLaunch, ContainerRuntime, RunningContainer
-from .spec import EndpointConfigSpec, ExecutionMode, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +195,13 @@ class Deployment:
             container_name=launch.container_name,
             host=slot.container.host,
             port=slot.container.port,
-            log_stream_arn=(
-                f"arn:aws:logs:{self._config.region}:{self._config.account_id}:log-group:"
-                f"/aws/sagemaker/Endpoints/{launch.endpoint_name}:log-stream:"
-                f"{launch.variant_name}/{launch.instance_id}/{launch.container_name}"
+            log_stream_arn=log_stream_arn(
+                self._config.region,
+                self._config.account_id,
+                launch.endpoint_name,
+                launch.variant_name,
+                launch.instance_id,
+                launch.container_name,
             ),
             log_path=str(launch.log_path),
             limits=self._config.limits,

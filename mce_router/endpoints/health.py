@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import HealthSettings
-from .runtime.base import RunningContainer
+from ..config import HealthSettings
+from ..runtime.base import RunningContainer
 
 #: How much of a container's own output a failure reason quotes.
 LOG_TAIL_LINES = 5

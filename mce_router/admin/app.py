@@ -1,0 +1,84 @@
+"""The admin listener's aiohttp app: the control plane at ``POST /``, ``GET /ping``, the
+Prometheus text at ``GET /metrics`` and the CloudWatch datums at ``GET /metrics/cloudwatch``.
+
+One route per handler method of :class:`AdminApp`; :meth:`AdminApp.build` is the one place the
+routes and the body limit are set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..metrics import RouterMetrics, put_metric_data_requests
+
+#: The admin app's ``client_max_size``: larger control-plane bodies are refused unread.
+MAX_BODY_BYTES = 1024 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminApp:
+    """What the admin listener serves.
+
+    :param control_plane: the handler of ``POST /`` (the SageMaker JSON 1.1 API).
+    :param metrics: None when metrics are disabled (``/metrics`` answers 404 then).
+    :param cloudwatch_namespaces: namespace renames for ``?format=put-metric-data``.
+    """
+
+    def __init__(
+        self,
+        control_plane: Handler,
+        metrics: RouterMetrics | None,
+        cloudwatch_namespaces: Mapping[str, str],
+    ) -> None:
+        self._control_plane = control_plane
+        self._metrics = metrics
+        self._namespaces = dict(cloudwatch_namespaces)
+
+    def build(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        # The SageMaker control plane (JSON 1.1): POST / with X-Amz-Target: SageMaker.<Op>.
+        app.router.add_post("/", self._control_plane)
+        app.router.add_get("/ping", self.ping)
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/metrics/cloudwatch", self.cloudwatch)
+        return app
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    def _enabled_metrics(self) -> RouterMetrics:
+        if self._metrics is None:
+            raise web.HTTPNotFound(text="metrics are disabled (config metrics.enabled: false)\n")
+        return self._metrics
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self._enabled_metrics().prometheus_text(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def cloudwatch(self, request: web.Request) -> web.Response:
+        """``?include_current=true`` adds the unfinished minute; ``?since=EPOCH`` drops older
+        minutes; ``?format=put-metric-data`` answers ready ``put_metric_data(**r)`` requests."""
+        metrics = self._enabled_metrics()
+        query = request.query
+        try:
+            since = float(query["since"]) if "since" in query else None
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be epoch seconds\n") from None
+        datums = metrics.cloudwatch_datums(
+            include_current=query.get("include_current", "").lower() in ("1", "true", "yes"),
+            since=since,
+        )
+        if query.get("format") == "put-metric-data":
+            payload: dict[str, Any] = {
+                "PutMetricDataRequests": put_metric_data_requests(datums, self._namespaces)
+            }
+        else:
+            payload = {"MetricData": datums}
+        return web.Response(body=orjson.dumps(payload), content_type="application/json")
