@@ -35,6 +35,7 @@ from .arns import Arns, ResourceKind
 from .config import RouterConfig
 from .control.catalog import Catalog
 from .control.resources import EndpointConfigRecord, ModelRecord, NameMap
+from .control.status import EndpointStatus
 from .control.store import Store, acquire_lock
 from .dataplane.proxy import RuntimeServer
 from .endpoints.manager import EndpointManager
@@ -47,6 +48,9 @@ from .security import Guard
 from .spec import EndpointConfigSpec, ModelSpec
 
 log = logging.getLogger(__name__)
+
+#: Statuses in which an endpoint answers invocations.
+_SERVING = frozenset({str(EndpointStatus.IN_SERVICE), str(EndpointStatus.UPDATING)})
 
 
 @dataclass(slots=True, eq=False)
@@ -77,6 +81,7 @@ class Router:
         self._arns = Arns(config.region, config.account_id)
         self._running: _Running | None = None
         self._started = False
+        self._stopping = False
         #: Undone in reverse order by stop(); filled by start() as each part comes up.
         self._exit = contextlib.AsyncExitStack()
         self._drain_seconds = 0.0
@@ -138,6 +143,7 @@ class Router:
             runtime = ImageRuntime(config.images, config.process, config.state_dir)
             stack.push_async_callback(runtime.aclose)
         server = RuntimeServer(config.limits, loop, account_id=config.account_id, guard=self.guard)
+        stack.callback(server.close)  # its sweeper timer must not outlive the router
         stack.callback(server.abort_all)
         with _listening("runtime API", config.listener.host, config.listener.port, "port"):
             listener = await loop.create_server(
@@ -165,7 +171,7 @@ class Router:
         namespaces = {"AWS/SageMaker": config.metrics.cloudwatch_sagemaker_namespace}
         control = ControlApi(catalog, endpoints, self.guard, self._arns)
         admin = web.AppRunner(
-            AdminApp(control.handle, self.metrics, namespaces).build(),
+            AdminApp(control.handle, self.metrics, namespaces, self.readiness).build(),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=5.0,
@@ -206,10 +212,32 @@ class Router:
         """Stop accepting, let in-flight requests finish (up to ``drain_seconds``), then stop
         every endpoint's containers and close everything. The state file keeps every endpoint
         as it was: the next start brings them back."""
+        self._stopping = True
         if self._running is not None:
             self._running.store.closing = True
         self._drain_seconds = drain_seconds
         await self._exit.aclose()
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the router should get traffic: started, not stopping, and every endpoint
+        the config declares serving (InService, or Updating: the old fleet serves until the
+        new one takes over). Details name each declared endpoint's status."""
+        declared = [str(body["EndpointName"]) for body in self.config.endpoints]
+        endpoints = self.endpoints
+        statuses = {
+            name: str(state.status) if (state := endpoints.get(name)) else "NotCreated"
+            for name in declared
+        }
+        details: dict[str, Any] = {"endpoints": statuses}
+        if self._stopping:
+            details["reason"] = "the router is draining"
+        elif self._running is None:
+            details["reason"] = "the router is starting"
+        else:
+            waiting = [name for name, status in statuses.items() if status not in _SERVING]
+            if waiting:
+                details["reason"] = f"declared endpoints not serving: {', '.join(waiting)}"
+        return "reason" not in details, details
 
     def abort_drain(self) -> None:
         """Cut a running :meth:`stop` short (a second Ctrl-C): in-flight requests are aborted

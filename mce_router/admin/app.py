@@ -19,6 +19,8 @@ from ..metrics import RouterMetrics, put_metric_data_requests
 MAX_BODY_BYTES = 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: ``(ready, details)``: details are the JSON body of ``GET /ready``.
+Readiness = Callable[[], tuple[bool, Mapping[str, Any]]]
 
 
 class AdminApp:
@@ -27,6 +29,8 @@ class AdminApp:
     :param control_plane: the handler of ``POST /`` (the SageMaker JSON 1.1 API).
     :param metrics: None when metrics are disabled (``/metrics`` answers 404 then).
     :param cloudwatch_namespaces: namespace renames for ``?format=put-metric-data``.
+    :param readiness: what ``GET /ready`` reports (``/ping`` is liveness: 200 while the
+        process serves at all).
     """
 
     def __init__(
@@ -34,8 +38,10 @@ class AdminApp:
         control_plane: Handler,
         metrics: RouterMetrics | None,
         cloudwatch_namespaces: Mapping[str, str],
+        readiness: Readiness,
     ) -> None:
         self._control_plane = control_plane
+        self._readiness = readiness
         self._metrics = metrics
         self._namespaces = dict(cloudwatch_namespaces)
 
@@ -44,12 +50,23 @@ class AdminApp:
         # The SageMaker control plane (JSON 1.1): POST / with X-Amz-Target: SageMaker.<Op>.
         app.router.add_post("/", self._control_plane)
         app.router.add_get("/ping", self.ping)
+        app.router.add_get("/ready", self.ready)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/metrics/cloudwatch", self.cloudwatch)
         return app
 
     async def ping(self, request: web.Request) -> web.Response:
         return web.Response(text="")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """200 while the router should get traffic (a load balancer's or Kubernetes' readiness
+        probe), else 503; the body says which endpoint is not serving, or that it drains."""
+        ready, details = self._readiness()
+        return web.Response(
+            status=200 if ready else 503,
+            body=orjson.dumps({"ready": ready, **details}),
+            content_type="application/json",
+        )
 
     def _enabled_metrics(self) -> RouterMetrics:
         if self._metrics is None:

@@ -49,6 +49,19 @@ FAST_HEALTH = dict(
 )
 
 
+def _router_timers(loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """Scheduled, uncancelled timer callbacks of mce_router objects (asyncio's own loop keeps
+    them in ``_scheduled``)."""
+    scheduled = getattr(loop, "_scheduled", None)
+    assert scheduled is not None, "the tests run on asyncio's loop, which lists its timers"
+    return [
+        handle
+        for handle in scheduled
+        if not handle.cancelled()
+        and type(getattr(handle._callback, "__self__", None)).__module__.startswith("mce_router")
+    ]
+
+
 async def _create_failing(router: Router, model: dict[str, Any]) -> EndpointStartupError:
     name = str(model["ModelName"])
     router.create_model(model)
@@ -186,6 +199,8 @@ async def test_embedded_router_leaves_nothing_behind(config_factory: Any, tmp_pa
         ports += [slot.container.port for slot in router.endpoints[endpoint].deployment.slots]  # type: ignore[union-attr]
 
     assert asyncio.all_tasks() == {this_task}
+    # Nor a timer of its own on the caller's loop (the runtime server's sweeper once stayed).
+    assert _router_timers(asyncio.get_running_loop()) == []
     # Stopping waits for every group to be gone; SIGKILL is asynchronous, so allow a brief poll.
     await wait_no_live_processes(started | {grandchild}, timeout=3.0)
     assert not live_processes(started | {grandchild})
