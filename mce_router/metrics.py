@@ -44,10 +44,12 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from .dataplane.stats import LATENCY_BOUNDS, MINUTES_KEPT, CallMinute, CallStats
+from .dataplane.stats import LATENCY_BOUNDS, MINUTES_KEPT, CallMinute, CallStats, RouterAnswers
 
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"
 ENDPOINTS_NAMESPACE = "/aws/sagemaker/Endpoints"
+#: The router's own metrics (not SageMaker's): the requests it answered itself with an error.
+ROUTER_NAMESPACE = "MceRouter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,8 @@ class RouterMetrics(Collector):
         #: exactly the sum of its containers' and need not be recorded twice per request.
         self.direct_variants: dict[tuple[str, str], list[CallStats]] = {}
         self.usage: dict[tuple[str, str, str], UsageMetrics] = {}
+        #: The errors the router answered itself (the data plane records them).
+        self.answers = RouterAnswers()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._sampler = ProcessTreeSampler()
@@ -308,6 +312,17 @@ class RouterMetrics(Collector):
             cpu.add_metric(list(u.dimensions), u.cpu_now)
             memory.add_metric(list(u.dimensions), u.memory_now)
         yield from (cpu, memory)
+        rejected = CounterMetricFamily(
+            "mce_router_rejected_requests",
+            "Requests the router answered itself with an error: refused before any container "
+            "(validation, authentication, unknown endpoint, too large, draining, busy) or a "
+            "container failure answered as the router's own error (ModelError). "
+            "endpoint_name is empty when no endpoint was named, (other) beyond 100 unknown names.",
+            labels=["endpoint_name", "variant_name", "status", "reason"],
+        )
+        for (endpoint, variant, status, code), count in self.answers.totals.items():
+            rejected.add_metric([endpoint, variant, str(status), code], count)
+        yield rejected
 
     # CloudWatch
     def cloudwatch_datums(
@@ -344,7 +359,29 @@ class RouterMetrics(Collector):
                                 d.high,
                             )
                         )
+        datums.extend(self._answer_datums(include_current, since, now_minute))
         return datums
+
+    def _answer_datums(
+        self, include_current: bool, since: float | None, now_minute: int
+    ) -> Iterator[dict[str, Any]]:
+        for minute, counts in self.answers.minutes.items():
+            if (minute == now_minute and not include_current) or (
+                since is not None and minute * 60 < since
+            ):
+                continue
+            for (endpoint, variant, status, code), count in counts.items():
+                dims = [{"Name": "EndpointName", "Value": endpoint}] if endpoint else []
+                if variant:
+                    dims.append({"Name": "VariantName", "Value": variant})
+                dims += [
+                    {"Name": "StatusCode", "Value": str(status)},
+                    {"Name": "ErrorCode", "Value": code},
+                ]
+                yield _datum(
+                    ROUTER_NAMESPACE, "RejectedRequests", dims, minute, "Count", count, count,
+                    1.0, 1.0,
+                )  # fmt: skip
 
 
 def _call_families(

@@ -142,7 +142,13 @@ class Router:
         if runtime is None:
             runtime = ImageRuntime(config.images, config.process, config.state_dir)
             stack.push_async_callback(runtime.aclose)
-        server = RuntimeServer(config.limits, loop, account_id=config.account_id, guard=self.guard)
+        server = RuntimeServer(
+            config.limits,
+            loop,
+            account_id=config.account_id,
+            guard=self.guard,
+            answers=self.metrics.answers if self.metrics is not None else None,
+        )
         stack.callback(server.close)  # its sweeper timer must not outlive the router
         stack.callback(server.abort_all)
         with _listening("runtime API", config.listener.host, config.listener.port, "port"):

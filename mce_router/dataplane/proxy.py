@@ -49,7 +49,7 @@ from ..errors import (
 from ..security import Guard, PendingSignature
 from . import headers as hdr
 from .response import COMPLETE, FAILED, CompleteOutcome, Outcome, new_reader
-from .stats import CallStats
+from .stats import CallStats, RouterAnswers
 
 # Latencies use perf_counter: uvloop's loop.time() only advances in whole milliseconds. Final: the
 # compiled module holds it in a C static instead of looking it up in its globals on every read.
@@ -913,9 +913,12 @@ class RuntimeServer:
         *,
         account_id: str = "000000000000",
         guard: Guard | None = None,
+        answers: RouterAnswers | None = None,
     ) -> None:
         self.loop = loop
         self.account_id = account_id
+        #: Counts the errors the router itself answers; None when metrics are off.
+        self.answers = answers
         #: SigV4 + IAM checks; None (auth.mode none) keeps them off the hot path entirely.
         self.guard = guard
         self.table = RoutingTable()
@@ -1321,7 +1324,7 @@ class ClientConnection(asyncio.Protocol):
                 if self.current is None and not self._pending and not self._write_blocked:
                     self._write_error(denied, keep_alive, None)
                 else:
-                    self._pending.append(_ParsedRequest.rejection(denied))
+                    self._pending.append(_ParsedRequest.rejection(denied, self._url))
                 return
         if self.current is None and not self._pending and not self._write_blocked:
             self._dispatch(
@@ -1401,7 +1404,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             variant, chain = _select(route, headers)
         except RouterError as exc:
-            self._write_error(exc, keep_alive, None)
+            self._write_error(exc, keep_alive, None, route.name)
             return
         invocation = Invocation(
             self,
@@ -1422,7 +1425,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _handle(self, request: _ParsedRequest) -> None:
         if request.error is not None:  # a rejection queued behind pipelined requests
-            self._write_error(request.error, False, None)
+            self._write_error(request.error, False, None, url=request.url)
             return
         self._dispatch(
             request.method,
@@ -1446,7 +1449,10 @@ class ClientConnection(asyncio.Protocol):
             if action in (b"invocations", b"invocations-response-stream"):
                 if request.method != b"POST":
                     self._write_error(
-                        UnknownOperation("Invocations must use POST."), request.keep_alive, None
+                        UnknownOperation("Invocations must use POST."),
+                        request.keep_alive,
+                        None,
+                        url=request.url,
                     )
                     return
                 if action == b"invocations-response-stream":
@@ -1457,6 +1463,7 @@ class ClientConnection(asyncio.Protocol):
                         ),
                         request.keep_alive,
                         None,
+                        url=request.url,
                     )
                     return
                 route = self.server.table.by_name.get(name.lower())
@@ -1469,6 +1476,7 @@ class ClientConnection(asyncio.Protocol):
                     ),
                     request.keep_alive,
                     None,
+                    url=request.url,
                 )
                 return
         self._write_error(
@@ -1478,6 +1486,7 @@ class ClientConnection(asyncio.Protocol):
             ),
             request.keep_alive,
             None,
+            url=request.url,
         )
 
     def send_invocation_response(self, invocation: Invocation, response: UpstreamResponse) -> None:
@@ -1512,21 +1521,38 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         invocation.variant.in_flight -= 1
         self.server.in_flight -= 1
-        status = self._write_error(error, invocation.keep_alive, invocation.variant)
+        status = self._write_error(
+            error, invocation.keep_alive, invocation.variant, invocation.chain[0].endpoint_name
+        )
         invocation.record(status)
 
     def _write_error(
-        self, error: RouterError, keep_alive: bool, variant: VariantRoute | None
+        self,
+        error: RouterError,
+        keep_alive: bool,
+        variant: VariantRoute | None,
+        endpoint: str | None = None,
+        url: bytes | None = None,
     ) -> int:
-        status, head, body = self._error_response(error, variant)
+        """Answer ``error``. For the metric of the router's own answers, ``endpoint`` names the
+        endpoint the request was for where the caller knows it; otherwise it is read off
+        ``url`` (default: the request being parsed)."""
+        status, head, body = self._error_response(error, variant, endpoint, url)
         self._write_raw(head, body, keep_alive)
         return status
 
     def _error_response(
-        self, error: RouterError, variant: VariantRoute | None
+        self,
+        error: RouterError,
+        variant: VariantRoute | None,
+        endpoint: str | None = None,
+        url: bytes | None = None,
     ) -> tuple[int, bytes, bytes]:
         """Status, head (without Content-Length) and body of the wire form of ``error``."""
         wire = wire_error(error, "runtime")
+        answers = self.server.answers
+        if answers is not None:
+            self._count_answer(answers, wire.status, wire.code, variant, endpoint, url)
         head = [b"HTTP/1.1 %d %s\r\n" % (wire.status, _REASONS.get(wire.status, b"Error"))]
         head.extend(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in wire.header_pairs())
         if variant is not None:
@@ -1534,6 +1560,26 @@ class ClientConnection(asyncio.Protocol):
         head.append(self.server.request_id_line())
         head.append(self.server.date.get(_clock()))
         return wire.status, b"".join(head), wire.body()
+
+    def _count_answer(
+        self,
+        answers: RouterAnswers,
+        status: int,
+        code: str,
+        variant: VariantRoute | None,
+        endpoint: str | None,
+        url: bytes | None,
+    ) -> None:
+        if endpoint is None:
+            # Refused before routing (too large, denied, not found): the path says which
+            # endpoint was asked for, if any (an error path: parsing it here costs nothing).
+            named = endpoint_path((self._url if url is None else url).partition(b"?")[0])
+            endpoint = named[0] if named is not None else ""
+        route = self.server.table.by_name.get(endpoint.lower()) if endpoint else None
+        if route is not None:
+            endpoint = route.name
+        variant_name = variant.name if variant is not None else ""
+        answers.record(endpoint, route is not None, variant_name, status, code)
 
     def _write_raw(self, head: bytes, body: bytes, keep_alive: bool) -> None:
         if self.transport is None or self.closing:
@@ -1596,7 +1642,7 @@ class ClientConnection(asyncio.Protocol):
             # Responses are still owed for earlier pipelined requests: they go out first, in
             # order, then this error, then the connection closes.
             if not self._pending or self._pending[-1].error is None:
-                self._pending.append(_ParsedRequest.rejection(error))
+                self._pending.append(_ParsedRequest.rejection(error, self._url))
             return
         self._write_error(error, False, None)
 
@@ -1696,8 +1742,9 @@ class _ParsedRequest:
         self.error: RouterError | None = None
 
     @classmethod
-    def rejection(cls, error: RouterError) -> _ParsedRequest:
-        request = cls(b"", b"", hdr.RequestHeaders(), [], 0, False, 0.0)
+    def rejection(cls, error: RouterError, url: bytes) -> _ParsedRequest:
+        """An answer owed for a request refused while it was read (``url``: its path)."""
+        request = cls(b"", url, hdr.RequestHeaders(), [], 0, False, 0.0)
         request.error = error
         return request
 

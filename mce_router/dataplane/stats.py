@@ -129,6 +129,47 @@ class CallStats:
         return result
 
 
+#: Distinct endpoint names that no endpoint has (typos, scanners) kept as labels; the rest count
+#: as ``(other)``, so a client cannot grow the metrics without bound.
+MAX_UNKNOWN_ENDPOINTS: Final = 100
+OTHER_ENDPOINTS: Final = "(other)"
+
+
+class RouterAnswers:
+    """Requests the router answered itself with an error, by (endpoint, variant, status, error
+    code): refused before any container (validation, authentication, unknown endpoint, too
+    large, draining, queue full) or a container's failure turned into the router's answer
+    (ModelError). ``""`` where the endpoint or variant is not known. Errors only: nothing is
+    recorded on the success path."""
+
+    __slots__ = ("_unknown", "minutes", "totals")
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str, int, str], int] = {}
+        #: minute -> counts of that minute (wall clock), the last MINUTES_KEPT minutes.
+        self.minutes: collections.OrderedDict[int, dict[tuple[str, str, int, str], int]] = (
+            collections.OrderedDict()
+        )
+        self._unknown: set[str] = set()
+
+    def record(self, endpoint: str, known: bool, variant: str, status: int, code: str) -> None:
+        """``known``: ``endpoint`` names an endpoint of the routing table (not a client's guess)."""
+        if not known and endpoint and endpoint not in self._unknown:
+            if len(self._unknown) >= MAX_UNKNOWN_ENDPOINTS:
+                endpoint = OTHER_ENDPOINTS
+            else:
+                self._unknown.add(endpoint)
+        key = (endpoint, variant, status, code)
+        self.totals[key] = self.totals.get(key, 0) + 1
+        minute = int(_time() // 60)
+        counts = self.minutes.get(minute)
+        if counts is None:
+            counts = self.minutes[minute] = {}
+            while len(self.minutes) > MINUTES_KEPT:
+                self.minutes.popitem(last=False)
+        counts[key] = counts.get(key, 0) + 1
+
+
 def _bucket(seconds: float) -> int:
     """Index of the first bound >= ``seconds`` (as bisect_left), len(LATENCY_BOUNDS) past the
     last. A native loop from the smallest bound: typical latencies are found in a few steps,

@@ -199,6 +199,15 @@ async def test_runtime_and_control_plane_enforce_sigv4_and_the_seed_policies(
             Body=b"x",
         )
         assert (code, status) == ("UnrecognizedClientException", 403)
+        # Every refusal is counted, with the endpoint the request named and the reason.
+        assert router.metrics is not None
+        assert router.metrics.answers.totals == {
+            (endpoint, "", 403, "AccessDeniedException"): 7,
+            ("no-such-endpoint", "", 403, "AccessDeniedException"): 1,
+            (endpoint, "", 400, "ValidationError"): 1,
+            (endpoint, "", 403, "InvalidSignatureException"): 1,
+            (endpoint, "", 403, "UnrecognizedClientException"): 1,
+        }
 
         # Control plane: alice may not manage anything, admin may.
         sm_alice = client("sagemaker", router.admin_url, ALICE)

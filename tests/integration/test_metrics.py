@@ -25,7 +25,8 @@ from conftest import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from mce_router.config import MetricsSettings, ProcessImage
+from mce_router.config import Limits, MetricsSettings, ProcessImage
+from mce_router.dataplane.stats import MAX_UNKNOWN_ENDPOINTS, OTHER_ENDPOINTS, RouterAnswers
 
 BUSY_IMAGE = "test/busy:latest"
 BUSY_CONTAINER = Path(__file__).parents[1] / "containers" / "busy_container.py"
@@ -148,7 +149,15 @@ async def test_known_mix_gives_exact_counts_in_both_exports(config_factory: Any)
         # Variants have no ContainerLatency; containers have no ModelLatency.
         assert not any(k[1] == "ContainerLatency" and len(k[2]) == 2 for k in index)
         assert not any(k[1] == "ModelLatency" and len(k[2]) == 3 for k in index)
-        for datum in datums:
+        # The router's own answers: each container error became a ModelError (424) it wrote.
+        assert (
+            index[("MceRouter", "RejectedRequests", ("mix", "AllTraffic", "424", "ModelError"))][
+                "Sum"
+            ]
+            == 5
+        )
+        assert {d["Namespace"] for d in datums} == {ns, "MceRouter"}
+        for datum in (d for d in datums if d["Namespace"] == ns):
             names = [d["Name"] for d in datum["Dimensions"]]
             assert names in (
                 ["EndpointName", "VariantName"],
@@ -165,12 +174,74 @@ async def test_known_mix_gives_exact_counts_in_both_exports(config_factory: Any)
         )["PutMetricDataRequests"]
         cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
         input_shape = cloudwatch.meta.service_model.operation_model("PutMetricData").input_shape
-        assert {r["Namespace"] for r in ready} == {"MceRouter/SageMaker"}
+        assert {r["Namespace"] for r in ready} == {"MceRouter/SageMaker", "MceRouter"}
         for request in ready:
             validate_parameters(request, input_shape)
-        assert sum(len(r["MetricData"]) for r in ready) == len(
+        assert sum(len(r["MetricData"]) for r in ready if r["Namespace"] != "MceRouter") == len(
             [d for d in datums if d["Namespace"] == ns]
         )
+
+
+async def test_requests_the_router_answers_itself_are_counted_with_endpoint_and_reason(
+    config_factory: Any,
+) -> None:
+    limits = Limits(max_request_body_bytes=1024)
+    async with running_router(config_factory(limits=limits)) as router:
+        direct = await deploy(router, direct_model("rej", ["a"]))
+        client = runtime_client(router)
+        for _ in range(2):  # Direct without a target container: 400 before any container
+            await call_raising(client, EndpointName=direct, Body=b"x")
+        await call_raising(client, EndpointName="no-such-endpoint", Body=b"x")  # 404
+        await call_raising(
+            client, EndpointName=direct, TargetContainerHostname="a", Body=b"z" * 2048
+        )
+        await call_raising(  # the container answers 500: the router answers ModelError
+            client,
+            EndpointName=direct,
+            TargetContainerHostname="a",
+            Body=b"x",
+            CustomAttributes="action=status:500",
+        )
+        await invoke(client, EndpointName=direct, TargetContainerHostname="a", Body=b"fine")
+        samples = prometheus_samples(await fetch(f"{router.admin_url}/metrics"))
+        rejected = {
+            tuple(v for _, v in key): value
+            for (name, key), value in samples.items()
+            if name == "mce_router_rejected_requests_total"
+        }
+        # Labels sorted by name: endpoint_name, reason, status, variant_name.
+        assert rejected == {
+            ("rej", "ValidationError", "400", ""): 2,
+            ("no-such-endpoint", "ValidationError", "400", ""): 1,
+            ("rej", "ValidationError", "413", ""): 1,
+            ("rej", "ModelError", "424", "AllTraffic"): 1,
+        }
+        # The documented per-container metrics count only what reached the container.
+        key = labels("rej", "a")
+        assert samples[("sagemaker_container_invocations_total", key)] == 2
+
+        body = await fetch(f"{router.admin_url}/metrics/cloudwatch?include_current=true")
+        index = cloudwatch_index(orjson.loads(body)["MetricData"])
+        ours = {
+            k[2]: v["Sum"] for k, v in index.items() if k[:2] == ("MceRouter", "RejectedRequests")
+        }
+        assert ours == {
+            ("rej", "400", "ValidationError"): 2,
+            ("no-such-endpoint", "400", "ValidationError"): 1,
+            ("rej", "413", "ValidationError"): 1,
+            ("rej", "AllTraffic", "424", "ModelError"): 1,
+        }
+
+
+def test_unknown_endpoint_names_are_bounded_in_the_labels() -> None:
+    answers = RouterAnswers()
+    for index in range(MAX_UNKNOWN_ENDPOINTS + 20):
+        answers.record(f"made-up-{index}", False, "", 404, "ValidationError")
+    answers.record("real", True, "v", 400, "ValidationError")
+    endpoints = {key[0] for key in answers.totals}
+    assert len(endpoints) == MAX_UNKNOWN_ENDPOINTS + 2  # the first 100, "(other)" and "real"
+    assert answers.totals[(OTHER_ENDPOINTS, "", 404, "ValidationError")] == 20
+    assert answers.totals[("real", "v", 400, "ValidationError")] == 1
 
 
 async def test_busy_container_reads_high_cpu_and_idle_reads_near_zero(
