@@ -45,16 +45,30 @@ with ``NAME_PATTERN.fullmatch``, never ``match``.
 from __future__ import annotations
 
 import enum
-import json
-import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any
 
-from mce_router.errors import ConfigError, ValidationError, closest_name
+from mce_router.errors import ConfigError
+
+from .shapes import (
+    as_int,
+    as_list,
+    as_number,
+    as_str,
+    check_length,
+    check_unique,
+    fail,
+    invalid_value,
+    join_path,
+    missing_value,
+    require_mapping,
+    required,
+    split_known,
+    thaw_mapping,
+)
 
 __all__ = [
     "DEFAULT_MAX_CONTAINERS",
@@ -94,152 +108,10 @@ HEALTH_CHECK_TIMEOUT_RANGE = (60, 3600)
 # SageMaker prints patterns without the trailing '$'; keep messages identical to its own.
 _NAME_PATTERN_TEXT = NAME_PATTERN.pattern.removesuffix("$")
 _IMAGE_PATTERN = re.compile(r"\S+")
-_SHOWN_VALUE_MAX_LENGTH = 100
-
-
-# --- error construction -------------------------------------------------------------------
-
-
-def show_value(value: Any) -> str:
-    """A value as messages print it: strings quoted and cut short, containers summarized."""
-    if isinstance(value, str):
-        if len(value) > _SHOWN_VALUE_MAX_LENGTH:
-            value = value[:_SHOWN_VALUE_MAX_LENGTH] + "..."
-        # json escapes newlines and control characters that would break a one-line message.
-        return "'" + json.dumps(value, ensure_ascii=False)[1:-1] + "'"
-    if value is None or isinstance(value, bool | float):
-        return json.dumps(value)
-    if isinstance(value, int):
-        # Python refuses to print integers beyond 4300 digits.
-        return str(value) if value.bit_length() < 1024 else "(a very large integer)"
-    if isinstance(value, Mapping):
-        return f"(an object with {len(value)} members)"
-    if isinstance(value, list | tuple):
-        return f"(a list with {len(value)} entries)"
-    return f"(a {type(value).__name__})"
-
-
-def _fail(field_path: str, shown_value: str, rule: str, detail: str = "") -> NoReturn:
-    where = f"'{field_path}'" if field_path else "the request body"
-    message = (
-        f"1 validation error detected: Value {shown_value} at {where} "
-        f"failed to satisfy constraint: {rule}"
-    )
-    if detail:
-        message += f" ({detail})"
-    raise ValidationError(message, field=field_path, rule=rule)
-
-
-def invalid_value(field_path: str, value: Any, rule: str, detail: str = "") -> NoReturn:
-    """Raise the SageMaker-style ValidationError for ``value`` at ``field_path``."""
-    _fail(field_path, show_value(value), rule, detail)
-
-
-def _missing(field_path: str, detail: str = "") -> NoReturn:
-    _fail(field_path, "null", "Member must not be null", detail)
-
-
-#: Parameter names of SageMaker's request shapes (botocore's service model, kept in a data file
-#: so that the router needs no botocore at run time).
-_SHAPE_MEMBERS: Mapping[str, frozenset[str]] = MappingProxyType(
-    {
-        shape: frozenset(members)
-        for shape, members in json.loads(
-            resources.files("mce_router")
-            .joinpath("data/sagemaker_members.json")
-            .read_text(encoding="utf-8")
-        ).items()
-        if not shape.startswith("_")
-    }
-)
-
-
-# --- typed access -------------------------------------------------------------------------
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _require_mapping(value: Any, field_path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        invalid_value(field_path, value, "Member must be a JSON object")
-    return value
-
-
-def _split_known(
-    body: Mapping[str, Any], known: frozenset[str], prefix: str, shape: str
-) -> Mapping[str, Any]:
-    """Return the parameters outside ``known``, frozen: those SageMaker's ``shape`` has and the
-    router keeps without interpreting them (ExecutionRoleArn, Tags, ...). Refuse a name the
-    shape does not have (a typo like ``Enviroment`` would otherwise be kept and ignored), naming
-    the closest valid one."""
-    folded_known = {name.casefold(): name for name in known}
-    members = _SHAPE_MEMBERS[shape]
-    extra: dict[str, Any] = {}
-    for key, value in body.items():
-        if not isinstance(key, str):
-            invalid_value(prefix, key, "Parameter names must be strings")
-        if key in known:
-            continue
-        intended = folded_known.get(key.casefold())
-        if intended is not None:
-            _fail(
-                _join(prefix, key),
-                show_value(key),
-                "Parameter names are case-sensitive",
-                f"did you mean '{_join(prefix, intended)}'?",
-            )
-        if key not in members:
-            closest = closest_name(key, members)
-            _fail(
-                _join(prefix, key),
-                show_value(key),
-                f"Member must be a parameter of {shape.removesuffix('Input')}",
-                f"did you mean '{_join(prefix, closest)}'?"
-                if closest
-                else f"valid parameters: {', '.join(sorted(members))}",
-            )
-        extra[key] = _freeze(value)
-    return MappingProxyType(extra)
-
-
-def _required(body: Mapping[str, Any], key: str, field_path: str) -> Any:
-    value = body.get(key)
-    if value is None:
-        _missing(field_path)
-    return value
-
-
-def _as_str(value: Any, field_path: str) -> str:
-    if not isinstance(value, str):
-        invalid_value(field_path, value, "Member must be a string")
-    return value
-
-
-def _as_int(value: Any, field_path: str) -> int:
-    # bool is an int subclass in Python, but JSON true is not a number.
-    if isinstance(value, bool) or not isinstance(value, int):
-        invalid_value(field_path, value, "Member must be an integer")
-    return value
-
-
-def _as_number(value: Any, field_path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        invalid_value(field_path, value, "Member must be a number")
-    if not math.isfinite(value):
-        invalid_value(field_path, value, "Member must be a finite number")
-    return float(value)
-
-
-def _as_list(value: Any, field_path: str) -> list[Any] | tuple[Any, ...]:
-    if not isinstance(value, list | tuple):
-        invalid_value(field_path, value, "Member must be a JSON array")
-    return value
 
 
 def _check_name(value: Any, field_path: str) -> str:
-    name = _as_str(value, field_path)
+    name = as_str(value, field_path)
     if len(name) > NAME_MAX_LENGTH:
         invalid_value(
             field_path, name, f"Member must have length less than or equal to {NAME_MAX_LENGTH}"
@@ -251,55 +123,6 @@ def _check_name(value: Any, field_path: str) -> str:
             f"Member must satisfy regular expression pattern: {_NAME_PATTERN_TEXT}",
         )
     return name
-
-
-def _check_length(items: Any, field_path: str, minimum: int, maximum: int) -> None:
-    count = len(items)
-    shown = f"with {count} entries"
-    if count < minimum:
-        _fail(field_path, shown, f"Member must have length greater than or equal to {minimum}")
-    if count > maximum:
-        _fail(field_path, shown, f"Member must have length less than or equal to {maximum}")
-
-
-def _check_unique(names: Iterable[tuple[str, str]], what: str) -> None:
-    """Refuse the first (field path, name) whose name repeats an earlier one, ignoring case."""
-    seen: dict[str, tuple[str, str]] = {}
-    for field_path, name in names:
-        key = name.casefold()
-        earlier = seen.get(key)
-        if earlier is not None:
-            earlier_path, earlier_name = earlier
-            invalid_value(
-                field_path,
-                name,
-                f"Member must be unique among {what} values, compared case-insensitively",
-                f"'{earlier_name}' at '{earlier_path}' has the same name",
-            )
-        seen[key] = (field_path, name)
-
-
-# --- freezing extras ----------------------------------------------------------------------
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(item) for item in value)
-    return value
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _thaw(item) for key, item in value.items()}
-    if isinstance(value, tuple | list):
-        return [_thaw(item) for item in value]
-    return value
-
-
-def _thaw_mapping(extra: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _thaw(value) for key, value in extra.items()}
 
 
 # --- models -------------------------------------------------------------------------------
@@ -332,7 +155,7 @@ class ContainerSpec:
         request["Image"] = self.image
         if self.environment:
             request["Environment"] = dict(self.environment)
-        request.update(_thaw_mapping(self.extra))
+        request.update(thaw_mapping(self.extra))
         return request
 
 
@@ -341,7 +164,7 @@ def _parse_environment(value: Any, field_path: str) -> Mapping[str, str]:
         return MappingProxyType({})
     if not isinstance(value, Mapping):
         invalid_value(field_path, value, "Member must be a JSON object")
-    _check_length(value, field_path, 0, ENVIRONMENT_MAX_ENTRIES)
+    check_length(value, field_path, 0, ENVIRONMENT_MAX_ENTRIES)
     environment: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or ENVIRONMENT_KEY_PATTERN.fullmatch(key) is None:
@@ -354,7 +177,7 @@ def _parse_environment(value: Any, field_path: str) -> Mapping[str, str]:
                 "with a digit, up to 1024 characters",
             )
         item_path = f"{field_path}.{key}"
-        text = _as_str(item, item_path)
+        text = as_str(item, item_path)
         if len(text) > ENVIRONMENT_VALUE_MAX_LENGTH:
             invalid_value(
                 item_path,
@@ -366,16 +189,16 @@ def _parse_environment(value: Any, field_path: str) -> Mapping[str, str]:
 
 
 def _parse_container(body: Any, field_path: str, position: int) -> ContainerSpec:
-    container = _require_mapping(body, field_path)
-    image_path = _join(field_path, "Image")
-    image = _as_str(_required(container, "Image", image_path), image_path)
+    container = require_mapping(body, field_path)
+    image_path = join_path(field_path, "Image")
+    image = as_str(required(container, "Image", image_path), image_path)
     if len(image) > IMAGE_MAX_LENGTH:
         invalid_value(
             image_path, image, f"Member must have length less than or equal to {IMAGE_MAX_LENGTH}"
         )
     if _IMAGE_PATTERN.fullmatch(image) is None:
         invalid_value(image_path, image, r"Member must satisfy regular expression pattern: [\S]+")
-    hostname_path = _join(field_path, "ContainerHostname")
+    hostname_path = join_path(field_path, "ContainerHostname")
     raw_hostname = container.get("ContainerHostname")
     hostname = None if raw_hostname is None else _check_name(raw_hostname, hostname_path)
     return ContainerSpec(
@@ -384,9 +207,9 @@ def _parse_container(body: Any, field_path: str, position: int) -> ContainerSpec
         # Unnamed Serial containers get the names SageMaker uses for them in error messages.
         name=hostname if hostname is not None else f"container-{position}",
         environment=_parse_environment(
-            container.get("Environment"), _join(field_path, "Environment")
+            container.get("Environment"), join_path(field_path, "Environment")
         ),
-        extra=_split_known(container, _CONTAINER_KEYS, field_path, "ContainerDefinition"),
+        extra=split_known(container, _CONTAINER_KEYS, field_path, "ContainerDefinition"),
     )
 
 
@@ -394,7 +217,7 @@ def _split_unknown_refused(body: Mapping[str, Any], known: frozenset[str], prefi
     for key in body:
         if key not in known:
             invalid_value(
-                _join(prefix, str(key)),
+                join_path(prefix, str(key)),
                 key,
                 f"{prefix} has no member but {', '.join(sorted(known))}",
             )
@@ -404,13 +227,13 @@ def _parse_mode(body: Mapping[str, Any]) -> ExecutionMode:
     raw_config = body.get("InferenceExecutionConfig")
     if raw_config is None:
         return ExecutionMode.SERIAL
-    config = _require_mapping(raw_config, "InferenceExecutionConfig")
+    config = require_mapping(raw_config, "InferenceExecutionConfig")
     _split_unknown_refused(config, _EXECUTION_CONFIG_KEYS, "InferenceExecutionConfig")
     raw_mode = config.get("Mode")
     if raw_mode is None:
         return ExecutionMode.SERIAL
     mode_path = "InferenceExecutionConfig.Mode"
-    mode = _as_str(raw_mode, mode_path)
+    mode = as_str(raw_mode, mode_path)
     try:
         return ExecutionMode(mode)
     except ValueError:
@@ -431,14 +254,14 @@ def _container_sources(body: Mapping[str, Any]) -> list[tuple[str, Any]]:
     if primary is not None:
         return [("PrimaryContainer", primary)]
     if containers is None:
-        _missing(
+        missing_value(
             "Containers",
             "multi-container models list their containers in Containers; "
             "PrimaryContainer is accepted for a single container",
         )
     return [
         (f"Containers[{index}]", item)
-        for index, item in enumerate(_as_list(containers, "Containers"))
+        for index, item in enumerate(as_list(containers, "Containers"))
     ]
 
 
@@ -446,8 +269,8 @@ def _check_hostnames(mode: ExecutionMode, containers: list[tuple[str, ContainerS
     """Apply the Direct and Serial hostname rules to (field path, container) pairs."""
     missing = [path for path, container in containers if container.hostname is None]
     if mode is ExecutionMode.DIRECT and missing:
-        _missing(
-            _join(missing[0], "ContainerHostname"),
+        missing_value(
+            join_path(missing[0], "ContainerHostname"),
             "every container needs a ContainerHostname when InferenceExecutionConfig.Mode "
             "is Direct",
         )
@@ -455,15 +278,15 @@ def _check_hostnames(mode: ExecutionMode, containers: list[tuple[str, ContainerS
         named_path, named = next(
             (path, container) for path, container in containers if container.hostname is not None
         )
-        _fail(
-            _join(missing[0], "ContainerHostname"),
+        fail(
+            join_path(missing[0], "ContainerHostname"),
             "null",
             "In Serial mode ContainerHostname must be given for all containers or for none",
-            f"'{_join(named_path, 'ContainerHostname')}' is '{named.hostname}'",
+            f"'{join_path(named_path, 'ContainerHostname')}' is '{named.hostname}'",
         )
-    _check_unique(
+    check_unique(
         (
-            (_join(path, "ContainerHostname"), container.hostname)
+            (join_path(path, "ContainerHostname"), container.hostname)
             for path, container in containers
             if container.hostname is not None
         ),
@@ -499,18 +322,18 @@ class ModelSpec:
             raise ConfigError(f"max_containers must be an integer, not {max_containers!r}")
         if max_containers < 1:
             raise ConfigError(f"max_containers must be at least 1, not {max_containers}")
-        request = _require_mapping(body, "")
-        name = _check_name(_required(request, "ModelName", "ModelName"), "ModelName")
+        request = require_mapping(body, "")
+        name = _check_name(required(request, "ModelName", "ModelName"), "ModelName")
         mode = _parse_mode(request)
         sources = _container_sources(request)
-        _check_length(sources, "Containers", 1, max_containers)
+        check_length(sources, "Containers", 1, max_containers)
         parsed = [
             (path, _parse_container(item, path, position))
             for position, (path, item) in enumerate(sources, 1)
         ]
         _check_hostnames(mode, parsed)
         containers = tuple(container for _path, container in parsed)
-        extra = _split_known(request, _MODEL_KEYS, "", "CreateModelInput")
+        extra = split_known(request, _MODEL_KEYS, "", "CreateModelInput")
         return cls(name=name, containers=containers, mode=mode, extra=extra)
 
     def to_request(self) -> dict[str, Any]:
@@ -520,7 +343,7 @@ class ModelSpec:
             "Containers": [container.to_request() for container in self.containers],
             "InferenceExecutionConfig": {"Mode": self.mode.value},
         }
-        request.update(_thaw_mapping(self.extra))
+        request.update(thaw_mapping(self.extra))
         return request
 
     def container(self, name: str) -> ContainerSpec | None:
@@ -572,20 +395,20 @@ class ProductionVariantSpec:
             request["ContainerStartupHealthCheckTimeoutInSeconds"] = (
                 self.container_startup_health_check_timeout
             )
-        request.update(_thaw_mapping(self.extra))
+        request.update(thaw_mapping(self.extra))
         return request
 
 
 def _parse_variant(body: Any, field_path: str) -> ProductionVariantSpec:
-    variant = _require_mapping(body, field_path)
-    name_path = _join(field_path, "VariantName")
-    variant_name = _check_name(_required(variant, "VariantName", name_path), name_path)
-    model_path = _join(field_path, "ModelName")
-    model_name = _check_name(_required(variant, "ModelName", model_path), model_path)
+    variant = require_mapping(body, field_path)
+    name_path = join_path(field_path, "VariantName")
+    variant_name = _check_name(required(variant, "VariantName", name_path), name_path)
+    model_path = join_path(field_path, "ModelName")
+    model_name = _check_name(required(variant, "ModelName", model_path), model_path)
 
-    count_path = _join(field_path, "InitialInstanceCount")
+    count_path = join_path(field_path, "InitialInstanceCount")
     raw_count = variant.get("InitialInstanceCount")
-    count = 1 if raw_count is None else _as_int(raw_count, count_path)
+    count = 1 if raw_count is None else as_int(raw_count, count_path)
     if count < 1:
         invalid_value(count_path, count, "Member must have value greater than or equal to 1")
     if count > MAX_INSTANCE_COUNT:
@@ -596,15 +419,15 @@ def _parse_variant(body: Any, field_path: str) -> ProductionVariantSpec:
             "each instance runs a full set of the model's containers on this machine",
         )
 
-    weight_path = _join(field_path, "InitialVariantWeight")
+    weight_path = join_path(field_path, "InitialVariantWeight")
     raw_weight = variant.get("InitialVariantWeight")
-    weight = 1.0 if raw_weight is None else _as_number(raw_weight, weight_path)
+    weight = 1.0 if raw_weight is None else as_number(raw_weight, weight_path)
     if weight < 0:
         invalid_value(weight_path, raw_weight, "Member must have value greater than or equal to 0")
 
-    timeout_path = _join(field_path, "ContainerStartupHealthCheckTimeoutInSeconds")
+    timeout_path = join_path(field_path, "ContainerStartupHealthCheckTimeoutInSeconds")
     raw_timeout = variant.get("ContainerStartupHealthCheckTimeoutInSeconds")
-    timeout = None if raw_timeout is None else _as_int(raw_timeout, timeout_path)
+    timeout = None if raw_timeout is None else as_int(raw_timeout, timeout_path)
     low, high = HEALTH_CHECK_TIMEOUT_RANGE
     if timeout is not None and timeout < low:
         invalid_value(
@@ -619,7 +442,7 @@ def _parse_variant(body: Any, field_path: str) -> ProductionVariantSpec:
         initial_instance_count=count,
         initial_variant_weight=weight,
         container_startup_health_check_timeout=timeout,
-        extra=_split_known(variant, _VARIANT_KEYS, field_path, "ProductionVariant"),
+        extra=split_known(variant, _VARIANT_KEYS, field_path, "ProductionVariant"),
     )
 
 
@@ -634,26 +457,26 @@ class EndpointConfigSpec:
     @classmethod
     def from_request(cls, body: Mapping[str, Any]) -> EndpointConfigSpec:
         """Validate a CreateEndpointConfig body."""
-        request = _require_mapping(body, "")
+        request = require_mapping(body, "")
         name = _check_name(
-            _required(request, "EndpointConfigName", "EndpointConfigName"), "EndpointConfigName"
+            required(request, "EndpointConfigName", "EndpointConfigName"), "EndpointConfigName"
         )
-        raw_variants = _as_list(
-            _required(request, "ProductionVariants", "ProductionVariants"), "ProductionVariants"
+        raw_variants = as_list(
+            required(request, "ProductionVariants", "ProductionVariants"), "ProductionVariants"
         )
-        _check_length(raw_variants, "ProductionVariants", 1, MAX_VARIANTS)
+        check_length(raw_variants, "ProductionVariants", 1, MAX_VARIANTS)
         variants = tuple(
             _parse_variant(item, f"ProductionVariants[{index}]")
             for index, item in enumerate(raw_variants)
         )
-        _check_unique(
+        check_unique(
             (
                 (f"ProductionVariants[{index}].VariantName", variant.variant_name)
                 for index, variant in enumerate(variants)
             ),
             "VariantName",
         )
-        extra = _split_known(request, _ENDPOINT_CONFIG_KEYS, "", "CreateEndpointConfigInput")
+        extra = split_known(request, _ENDPOINT_CONFIG_KEYS, "", "CreateEndpointConfigInput")
         return cls(name=name, variants=variants, extra=extra)
 
     def to_request(self) -> dict[str, Any]:
@@ -662,7 +485,7 @@ class EndpointConfigSpec:
             "EndpointConfigName": self.name,
             "ProductionVariants": [variant.to_request() for variant in self.variants],
         }
-        request.update(_thaw_mapping(self.extra))
+        request.update(thaw_mapping(self.extra))
         return request
 
 
@@ -677,12 +500,12 @@ class EndpointSpec:
     @classmethod
     def from_request(cls, body: Mapping[str, Any]) -> EndpointSpec:
         """Validate a CreateEndpoint body."""
-        request = _require_mapping(body, "")
-        name = _check_name(_required(request, "EndpointName", "EndpointName"), "EndpointName")
+        request = require_mapping(body, "")
+        name = _check_name(required(request, "EndpointName", "EndpointName"), "EndpointName")
         config_name = _check_name(
-            _required(request, "EndpointConfigName", "EndpointConfigName"), "EndpointConfigName"
+            required(request, "EndpointConfigName", "EndpointConfigName"), "EndpointConfigName"
         )
-        extra = _split_known(request, _ENDPOINT_KEYS, "", "CreateEndpointInput")
+        extra = split_known(request, _ENDPOINT_KEYS, "", "CreateEndpointInput")
         return cls(name=name, config_name=config_name, extra=extra)
 
     def to_request(self) -> dict[str, Any]:
@@ -691,5 +514,5 @@ class EndpointSpec:
             "EndpointName": self.name,
             "EndpointConfigName": self.config_name,
         }
-        request.update(_thaw_mapping(self.extra))
+        request.update(thaw_mapping(self.extra))
         return request

@@ -15,8 +15,8 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
+from ..shapes import invalid_value as fail
 from ..spec import NAME_MAX_LENGTH, NAME_PATTERN
-from ..spec import invalid_value as fail
 
 _NAME_PATTERN_TEXT = NAME_PATTERN.pattern.removesuffix("$")
 

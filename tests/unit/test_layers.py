@@ -18,7 +18,7 @@ PACKAGE = Path(mce_router.__file__).resolve().parent
 #: layer, packages may import each other only without a cycle.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "arns", "aio", "examples"),  # leaves
-    ("spec", "security"),  # request bodies; SigV4 and IAM
+    ("shapes", "spec", "security"),  # reading request bodies, their shapes; SigV4 and IAM
     ("config",),  # the router config (its auth section is security's)
     ("runtime", "dataplane", "metrics"),  # containers; the hot path; metrics of both
     ("control",),  # state file, models and endpoint configs, statuses, listing
