@@ -192,6 +192,15 @@ async def _start_cli(config_path: Path, *extra: str) -> asyncio.subprocess.Proce
     )
 
 
+async def _kill_leftovers(cli: asyncio.subprocess.Process, containers: set[int]) -> None:
+    """After a failed assertion: nothing the test started may outlive it."""
+    if cli.returncode is None:
+        cli.kill()
+        await cli.wait()
+    for pid in live_processes(containers):
+        os.kill(pid, signal.SIGKILL)
+
+
 def _containers_of(cli: asyncio.subprocess.Process) -> set[int]:
     try:
         return {child.pid for child in psutil.Process(cli.pid).children(recursive=True)}
@@ -227,11 +236,7 @@ async def test_a_signal_during_start_up_stops_it_and_the_containers_started_so_f
         )
         await wait_no_live_processes(containers)
     finally:
-        if cli.returncode is None:
-            cli.kill()
-            await cli.wait()
-        for pid in live_processes(containers):
-            os.kill(pid, signal.SIGKILL)
+        await _kill_leftovers(cli, containers)
 
 
 async def test_a_second_signal_during_the_drain_exits_at_once_and_still_saves_state(
@@ -268,11 +273,7 @@ async def test_a_second_signal_during_the_drain_exits_at_once_and_still_saves_st
         assert "SIGINT again: stopping now, without waiting for the drain" in stderr.decode()
         await wait_no_live_processes(containers)
     finally:
-        if cli.returncode is None:
-            cli.kill()
-            await cli.wait()
-        for pid in live_processes(containers):
-            os.kill(pid, signal.SIGKILL)
+        await _kill_leftovers(cli, containers)
     # The endpoint is in the state file, as it was: the next start brings it back.
     with sqlite3.connect(tmp_path / "state" / "state.db") as db:
         rows = db.execute("SELECT name FROM endpoints").fetchall()
