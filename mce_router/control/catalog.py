@@ -26,7 +26,8 @@ from ..runtime.base import ContainerRuntime
 from ..spec import EndpointConfigSpec, ModelSpec
 from .listing import ListItem, list_page, parse_list_request
 from .resources import EndpointConfigRecord, FleetSnapshot, ModelRecord, NameMap
-from .store import DuplicateName, ResourceTable, Store
+from .store import DuplicateName, ResourceTable, Store, Tags
+from .tags import parse_tags
 from .validation import check_name
 
 
@@ -64,9 +65,10 @@ class Catalog:
     def create_model(self, body: Mapping[str, Any]) -> ModelSpec:
         """CreateModel: validate (spec rules, every image mapped), persist, return the model."""
         model = ModelSpec.from_request(body, max_containers=self._limits.max_containers_per_model)
+        tags = parse_tags(body.get("Tags"))
         for index, container in enumerate(model.containers):
             self._runtime.check_image(container.image, f"Containers[{index}].Image")
-        created = self._insert("model", self.models, model.name, model.to_request())
+        created = self._insert("model", self.models, model.name, model.to_request(), tags)
         self.models[model.name] = ModelRecord(model, created)
         return model
 
@@ -103,6 +105,7 @@ class Catalog:
     def create_endpoint_config(self, body: Mapping[str, Any]) -> EndpointConfigSpec:
         """CreateEndpointConfig: every variant's model must exist."""
         endpoint_config = EndpointConfigSpec.from_request(body)
+        tags = parse_tags(body.get("Tags"))
         for index, variant in enumerate(endpoint_config.variants):
             if variant.model_name not in self.models:
                 raise ValidationError(
@@ -116,6 +119,7 @@ class Catalog:
             self.endpoint_configs,
             endpoint_config.name,
             endpoint_config.to_request(),
+            tags,
         )
         self.endpoint_configs[endpoint_config.name] = EndpointConfigRecord(endpoint_config, created)
         return endpoint_config
@@ -158,15 +162,17 @@ class Catalog:
         existing: NameMap[Any],
         name: str,
         body: dict[str, Any],
+        tags: Tags,
     ) -> float:
-        """Write a new model or endpoint config to the state file; when it was created."""
+        """Write a new model or endpoint config and its tags to the state file; when it was
+        created."""
         store = self._store.for_change()
         if name in existing:
             raise self._already_exists(kind, name)
         created = time.time()
         table: ResourceTable = "models" if kind == "model" else "endpoint_configs"
         try:
-            store.insert_resource(table, name, body, created)
+            store.insert_resource(table, name, body, created, tags)
         except DuplicateName:
             raise self._already_exists(kind, name) from None
         return created
