@@ -55,3 +55,23 @@ async def test_a_primary_container_model_is_described_as_given(
         sm = control_client(router.admin_url)
         assert (await call(sm.describe_model, ModelName="single"))["PrimaryContainer"] == primary
         await wait_in_service(sm, "single")
+
+
+async def test_invoke_endpoint_async_is_refused_in_sagemakers_error_shape(
+    config_factory: Any,
+) -> None:
+    async with running_router(config_factory()) as router:
+        runtime = runtime_client(router)
+        for endpoint in ("any-endpoint", "x"):  # refused before the endpoint is looked up
+            with pytest.raises(runtime.exceptions.ValidationError) as caught:
+                await call(
+                    runtime.invoke_endpoint_async,
+                    EndpointName=endpoint,
+                    InputLocation="s3://bucket/input.json",
+                    ContentType="application/json",
+                )
+            response = caught.value.response
+            assert response["ResponseMetadata"]["HTTPStatusCode"] == 400
+            message = response["Error"]["Message"]
+            assert "InvokeEndpointAsync" in message and "not supported" in message
+            assert "Call InvokeEndpoint" in message
