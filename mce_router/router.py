@@ -30,6 +30,7 @@ from aiohttp import web
 
 from .admin.app import AdminApp
 from .admin.control_api import ControlApi
+from .admin.sts import StsApi
 from .aio import cancelled, finished_before
 from .arns import Arns, ResourceKind
 from .config import RouterConfig
@@ -187,7 +188,13 @@ class Router:
         )
         control = ControlApi(catalog, endpoints, tagging, self.guard, self._arns)
         admin = web.AppRunner(
-            AdminApp(control.handle, self.metrics, namespaces, self.readiness).build(),
+            AdminApp(
+                control.handle,
+                StsApi(self.guard, config.account_id).handle,
+                self.metrics,
+                namespaces,
+                self.readiness,
+            ).build(),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=5.0,

@@ -6,9 +6,11 @@ shape, STS GetCallerIdentity on the admin port, and the endpoint_deleted waiter.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from conftest import (
     FAULT_IMAGE,
     call,
@@ -17,9 +19,12 @@ from conftest import (
     invoke,
     running_router,
     runtime_client,
+    signed_client,
     validate_output,
     wait_in_service,
 )
+
+from mce_router.security import AuthConfig
 
 
 async def test_a_primary_container_model_is_described_as_given(
@@ -75,3 +80,81 @@ async def test_invoke_endpoint_async_is_refused_in_sagemakers_error_shape(
             message = response["Error"]["Message"]
             assert "InvokeEndpointAsync" in message and "not supported" in message
             assert "Call InvokeEndpoint" in message
+
+
+def sts_client(url: str | None, key: tuple[str, str] = ("AKIDEXAMPLE", "secret")) -> Any:
+    return signed_client("sts", url, key)
+
+
+async def test_sts_get_caller_identity_without_authentication(
+    config_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_router(config_factory(account_id="123456789012")) as router:
+        identity = await call(sts_client(router.admin_url).get_caller_identity)
+        validate_output(sts_client(None), "GetCallerIdentity", identity)
+        assert (identity["Account"], identity["Arn"], identity["UserId"]) == (
+            "123456789012",
+            "arn:aws:iam::123456789012:root",
+            "123456789012",
+        )
+        # AWS_ENDPOINT_URL_STS sends a client built without endpoint_url to the router.
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", router.admin_url)
+        identity = await call(sts_client(None).get_caller_identity)
+        assert identity["Account"] == "123456789012"
+        # Other STS actions are refused as STS refuses unknown ones.
+        with pytest.raises(ClientError) as caught:
+            await call(sts_client(router.admin_url).get_session_token)
+        assert caught.value.response["Error"]["Code"] == "InvalidAction"
+        assert "GetCallerIdentity only" in caught.value.response["Error"]["Message"]
+        assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+        # The SageMaker API on the same path is unaffected.
+        assert (await call(control_client(router.admin_url).list_models))["Models"] == []
+
+
+async def test_sts_get_caller_identity_answers_the_signing_key(config_factory: Any) -> None:
+    alice = ("AKIDALICE", "alice-secret-key-0123456789")
+    other = ("AKIDOTHER", "other-secret-key-0123456789")
+    deny_all = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}],
+    }
+    auth = AuthConfig.from_mapping(
+        {
+            "mode": "sigv4",
+            "account_id": "000000000000",
+            "credentials": [
+                {
+                    "access_key_id": alice[0],
+                    "secret_access_key": alice[1],
+                    "principal": "arn:aws:iam::000000000000:user/alice",
+                    "policies": [deny_all],
+                },
+                {
+                    "access_key_id": other[0],
+                    "secret_access_key": other[1],
+                    "principal": "arn:aws:sts::111122223333:assumed-role/ml/session",
+                    "policies": [deny_all],
+                },
+            ],
+        },
+        Path.cwd(),
+    )
+    async with running_router(config_factory(auth=auth)) as router:
+        # A Deny of everything does not stop it: AWS answers GetCallerIdentity regardless.
+        identity = await call(sts_client(router.admin_url, alice).get_caller_identity)
+        assert (identity["Account"], identity["Arn"], identity["UserId"]) == (
+            "000000000000",
+            "arn:aws:iam::000000000000:user/alice",
+            "AKIDALICE",
+        )
+        identity = await call(sts_client(router.admin_url, other).get_caller_identity)
+        assert identity["Account"] == "111122223333"
+        assert identity["Arn"] == "arn:aws:sts::111122223333:assumed-role/ml/session"
+        for key, code in (
+            ((alice[0], "wrong-secret"), "SignatureDoesNotMatch"),
+            (("AKIDNOBODY", "x"), "InvalidClientTokenId"),
+        ):
+            with pytest.raises(ClientError) as caught:
+                await call(sts_client(router.admin_url, key).get_caller_identity)
+            assert caught.value.response["Error"]["Code"] == code
+            assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403

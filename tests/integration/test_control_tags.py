@@ -7,9 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from conftest import (
     call,
@@ -17,6 +15,7 @@ from conftest import (
     direct_model,
     endpoint_config,
     running_router,
+    signed_client,
     validate_output,
     wait_in_service,
 )
@@ -200,8 +199,8 @@ async def test_tag_operations_are_authorized_on_the_resource_arn(config_factory:
         Path.cwd(),
     )
     async with running_router(config_factory(auth=auth)) as router:
-        sm_admin = _signed(router.admin_url, admin)
-        sm_reader = _signed(router.admin_url, reader)
+        sm_admin = signed_client("sagemaker", router.admin_url, admin)
+        sm_reader = signed_client("sagemaker", router.admin_url, reader)
         await call(sm_admin.create_model, **direct_model("Model1", ["a"]), Tags=tags(("k", "v")))
         # The ARN's name is matched lower-cased, as the router writes its ARNs.
         assert await list_tags(sm_reader, f"{ARN}:model/MODEL1") == tags(("k", "v"))
@@ -213,14 +212,3 @@ async def test_tag_operations_are_authorized_on_the_resource_arn(config_factory:
                 await call(function, ResourceArn=f"{ARN}:model/model1", **kwargs)
             assert caught.value.response["Error"]["Code"] == "AccessDeniedException"
         assert await list_tags(sm_reader, f"{ARN}:model/model1") == tags(("k", "v"))
-
-
-def _signed(url: str, key: tuple[str, str]) -> Any:
-    return boto3.client(
-        "sagemaker",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=key[0],
-        aws_secret_access_key=key[1],
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
-    )
