@@ -5,7 +5,9 @@ shape, STS GetCallerIdentity on the admin port, and the endpoint_deleted waiter.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from conftest import (
     FAULT_IMAGE,
     call,
     control_client,
+    direct_model,
     endpoint_config,
     invoke,
     running_router,
@@ -22,8 +25,11 @@ from conftest import (
     signed_client,
     validate_output,
     wait_in_service,
+    wait_until,
 )
 
+from mce_router import Router
+from mce_router.config import Limits
 from mce_router.security import AuthConfig
 
 
@@ -158,3 +164,55 @@ async def test_sts_get_caller_identity_answers_the_signing_key(config_factory: A
                 await call(sts_client(router.admin_url, key).get_caller_identity)
             assert caught.value.response["Error"]["Code"] == code
             assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+async def test_endpoint_deleted_waiter_succeeds_within_the_drain_time(config_factory: Any) -> None:
+    """DeleteEndpoint on a Direct endpoint: DescribeEndpoint says Deleting, then the waiter's
+    ValidationException "Could not find endpoint" comes once in-flight requests finished or the
+    drain time ran out, and the containers (which exit on SIGTERM) stopped."""
+    drain = 2.0
+    config = config_factory(limits=Limits(drain_timeout_seconds=drain))
+    async with running_router(config) as router:
+        sm = control_client(router.admin_url)
+        await call(sm.create_model, **direct_model("direct", ["a", "b"]))
+        await call(sm.create_endpoint_config, **endpoint_config("direct", "direct"))
+        for name, hang in (("idle", False), ("busy", True)):
+            await call(sm.create_endpoint, EndpointName=name, EndpointConfigName="direct")
+            await wait_in_service(sm, name)
+            hanging = None
+            if hang:  # a request still in flight when DeleteEndpoint arrives
+                hanging = asyncio.ensure_future(
+                    invoke(
+                        runtime_client(router, read_timeout=30),
+                        EndpointName=name,
+                        TargetContainerHostname="a",
+                        CustomAttributes="action=hang",
+                        Body=b"x",
+                    )
+                )
+                await wait_until(_in_flight(router, name), 5, "the request to reach the container")
+            started = time.monotonic()
+            await call(sm.delete_endpoint, EndpointName=name)
+            described = await call(sm.describe_endpoint, EndpointName=name)
+            assert described["EndpointStatus"] == "Deleting"
+            waiter = sm.get_waiter("endpoint_deleted")
+            delay = 0.1
+            await call(
+                waiter.wait,
+                EndpointName=name,
+                WaiterConfig={"Delay": delay, "MaxAttempts": int((drain + 1.5) / delay)},
+            )
+            elapsed = time.monotonic() - started
+            assert elapsed < (drain + 1.5 if hang else 1.0), (name, elapsed)
+            if hanging is not None:
+                # Cut off when its container stopped, with an error naming it.
+                with pytest.raises(ClientError, match="from a with message"):
+                    await hanging
+
+
+def _in_flight(router: Router, name: str) -> Any:
+    async def check() -> bool:
+        deployment = router.endpoints[name].deployment
+        return deployment is not None and deployment.in_flight > 0
+
+    return check
