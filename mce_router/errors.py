@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import orjson
 
-Plane = Literal["runtime", "control"]
+#: ``sts`` is STS's query protocol on the admin port (GetCallerIdentity): its own codes.
+Plane = Literal["runtime", "control", "sts"]
 
 #: botocore's rest-json parser takes the error code from this header (the part before ':').
 ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.sagemaker/"
@@ -244,6 +245,19 @@ _WIRE_TABLE: dict[type[BaseException], tuple[int, str, str]] = {
     InternalFailure: (500, "InternalFailure", "InternalFailure"),
 }
 
+# STS (query protocol) words the same failures with codes of its own; anything else keeps the
+# control plane's code.
+_STS_CODES: dict[str, str] = {
+    "MissingAuthenticationTokenException": "MissingAuthenticationToken",
+    "IncompleteSignatureException": "IncompleteSignature",
+    "InvalidSignatureException": "SignatureDoesNotMatch",
+    "UnrecognizedClientException": "InvalidClientTokenId",
+    "AccessDeniedException": "AccessDenied",
+    "UnknownOperationException": "InvalidAction",
+    "ValidationException": "ValidationError",
+    "SerializationException": "MalformedQueryString",
+}
+
 # SageMaker truncates OriginalMessage to this many characters.
 ORIGINAL_MESSAGE_LIMIT = 2048
 
@@ -260,7 +274,7 @@ def wire_error(exc: BaseException, plane: Plane = "runtime") -> WireError:
     message = exc.message if isinstance(exc, RouterError) else "An internal error occurred."
     if isinstance(exc, AuthError):
         # AWS uses these codes unchanged on its rest-json and json-1.1 services.
-        return WireError(403, exc.code, message)
+        return WireError(403, _STS_CODES[exc.code] if plane == "sts" else exc.code, message)
     extra: dict[str, Any] = {}
     if isinstance(exc, ModelError):
         extra = {
@@ -269,5 +283,7 @@ def wire_error(exc: BaseException, plane: Plane = "runtime") -> WireError:
             "OriginalMessage": exc.original_message[:ORIGINAL_MESSAGE_LIMIT],
             "LogStreamArn": exc.log_stream_arn,
         }
+    if plane == "sts":
+        return WireError(status, _STS_CODES.get(control_code, control_code), message)
     code = runtime_code if plane == "runtime" else control_code
     return WireError(status, code, message, extra)

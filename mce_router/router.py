@@ -30,6 +30,7 @@ from aiohttp import web
 
 from .admin.app import AdminApp
 from .admin.control_api import ControlApi
+from .admin.sts import StsApi
 from .aio import cancelled, finished_before
 from .arns import Arns, ResourceKind
 from .config import RouterConfig
@@ -37,6 +38,7 @@ from .control.catalog import Catalog
 from .control.resources import EndpointConfigRecord, ModelRecord, NameMap
 from .control.status import EndpointStatus
 from .control.store import Store, acquire_lock
+from .control.tags import Tagging
 from .dataplane.proxy import RuntimeServer
 from .endpoints.manager import EndpointManager
 from .endpoints.recovery import apply_declared_resources, recover_endpoints
@@ -175,9 +177,24 @@ class Router:
         # operations are cancelled.
         stack.push_async_callback(endpoints.stop, self._drain_cut)
         namespaces = {"AWS/SageMaker": config.metrics.cloudwatch_sagemaker_namespace}
-        control = ControlApi(catalog, endpoints, self.guard, self._arns)
+        tagging = Tagging(
+            store,
+            self._arns,
+            {
+                "model": catalog.models,
+                "endpoint-config": catalog.endpoint_configs,
+                "endpoint": endpoints.endpoints,
+            },
+        )
+        control = ControlApi(catalog, endpoints, tagging, self.guard, self._arns)
         admin = web.AppRunner(
-            AdminApp(control.handle, self.metrics, namespaces, self.readiness).build(),
+            AdminApp(
+                control.handle,
+                StsApi(self.guard, config.account_id).handle,
+                self.metrics,
+                namespaces,
+                self.readiness,
+            ).build(),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=5.0,

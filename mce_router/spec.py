@@ -17,9 +17,12 @@ dicts and lists by ``to_request()``.
 
 Choices where SageMaker is silent or where this router differs on purpose:
 
-* ``PrimaryContainer`` is accepted as a single-container model, exactly as if it were
-  ``Containers=[PrimaryContainer]`` (errors still name ``PrimaryContainer.*``);
-  ``to_request()`` always answers with ``Containers``. Giving both is refused.
+* ``PrimaryContainer`` is accepted as a single-container model, served exactly as if it were
+  ``Containers=[PrimaryContainer]`` (errors still name ``PrimaryContainer.*``). SageMaker
+  describes a model with what it was given, so ``to_request()`` answers ``PrimaryContainer``
+  for such a model (``primary``), with ``InferenceExecutionConfig`` only when the mode is
+  Direct; bodies stored before ``primary`` existed have ``Containers`` and read back as
+  before. Giving both is refused.
 * ``ContainerHostname`` values must be unique compared case-insensitively, because they
   behave like DNS labels; ``VariantName`` values likewise, because they end up in log
   stream and metric names. :meth:`ModelSpec.container` looks names up exactly
@@ -299,13 +302,15 @@ class ModelSpec:
     """A validated CreateModel request.
 
     ``mode`` is ``InferenceExecutionConfig.Mode`` (Serial when absent); ``extra`` holds the
-    other top-level parameters (ExecutionRoleArn, Tags, VpcConfig, ...), read-only.
+    other top-level parameters (ExecutionRoleArn, Tags, VpcConfig, ...), read-only;
+    ``primary``: the container was given as ``PrimaryContainer``.
     """
 
     name: str
     containers: tuple[ContainerSpec, ...]
     mode: ExecutionMode
     extra: Mapping[str, Any]
+    primary: bool = False
     _by_name: Mapping[str, ContainerSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -334,15 +339,29 @@ class ModelSpec:
         _check_hostnames(mode, parsed)
         containers = tuple(container for _path, container in parsed)
         extra = split_known(request, _MODEL_KEYS, "", "CreateModelInput")
-        return cls(name=name, containers=containers, mode=mode, extra=extra)
+        primary = request.get("PrimaryContainer") is not None
+        return cls(name=name, containers=containers, mode=mode, extra=extra, primary=primary)
+
+    @classmethod
+    def from_stored(cls, body: Mapping[str, Any]) -> ModelSpec:
+        """A body this router stored (state file, endpoint snapshot): validated when it was
+        created, so the current container limit is not applied again (a lowered limit does not
+        take away existing models)."""
+        containers = body.get("Containers")
+        stored = len(containers) if isinstance(containers, list) else 1
+        return cls.from_request(body, max_containers=max(1, stored))
 
     def to_request(self) -> dict[str, Any]:
-        """A CreateModel body that parses back into an equal ModelSpec."""
-        request: dict[str, Any] = {
-            "ModelName": self.name,
-            "Containers": [container.to_request() for container in self.containers],
-            "InferenceExecutionConfig": {"Mode": self.mode.value},
-        }
+        """A CreateModel body that parses back into an equal ModelSpec, in the shape it was
+        given (``PrimaryContainer`` or ``Containers``)."""
+        request: dict[str, Any] = {"ModelName": self.name}
+        if self.primary:
+            request["PrimaryContainer"] = self.containers[0].to_request()
+            if self.mode is ExecutionMode.DIRECT:
+                request["InferenceExecutionConfig"] = {"Mode": self.mode.value}
+        else:
+            request["Containers"] = [container.to_request() for container in self.containers]
+            request["InferenceExecutionConfig"] = {"Mode": self.mode.value}
         request.update(thaw_mapping(self.extra))
         return request
 

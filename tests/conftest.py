@@ -142,6 +142,19 @@ def control_client(url: str, **config: Any) -> Any:
     )
 
 
+def signed_client(service: str, url: str | None, key: tuple[str, str]) -> Any:
+    """A boto3 client for ``service`` signing with ``key`` (access key id, secret), no
+    retries; ``url`` None leaves the endpoint to boto3 (e.g. ``AWS_ENDPOINT_URL_<SERVICE>``)."""
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id=key[0],
+        aws_secret_access_key=key[1],
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+
+
 def validate_output(client: Any, operation: str, response: dict[str, Any]) -> None:
     """Every member is one botocore's output shape has, with the right types and ranges."""
     shape = client.meta.service_model.operation_model(operation).output_shape

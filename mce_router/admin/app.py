@@ -1,5 +1,6 @@
-"""The admin listener's aiohttp app: the control plane at ``POST /``, ``GET /ping``, the
-Prometheus text at ``GET /metrics`` and the CloudWatch datums at ``GET /metrics/cloudwatch``.
+"""The admin listener's aiohttp app: the control plane at ``POST /`` (SageMaker's JSON 1.1, and
+STS GetCallerIdentity for form-encoded bodies), ``GET /ping``, the Prometheus text at
+``GET /metrics`` and the CloudWatch datums at ``GET /metrics/cloudwatch``.
 
 One route per handler method of :class:`AdminApp`; :meth:`AdminApp.build` is the one place the
 routes and the body limit are set.
@@ -14,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from ..metrics import RouterMetrics, put_metric_data_requests
+from .sts import is_sts_request
 
 #: The admin app's ``client_max_size``: larger control-plane bodies are refused unread.
 MAX_BODY_BYTES = 1024 * 1024
@@ -27,6 +29,8 @@ class AdminApp:
     """What the admin listener serves.
 
     :param control_plane: the handler of ``POST /`` (the SageMaker JSON 1.1 API).
+    :param sts: the handler of ``POST /`` for STS's query protocol (form-encoded, no
+        ``X-Amz-Target``).
     :param metrics: None when metrics are disabled (``/metrics`` answers 404 then).
     :param cloudwatch_namespaces: namespace renames for ``?format=put-metric-data``.
     :param readiness: what ``GET /ready`` reports (``/ping`` is liveness: 200 while the
@@ -36,24 +40,32 @@ class AdminApp:
     def __init__(
         self,
         control_plane: Handler,
+        sts: Handler,
         metrics: RouterMetrics | None,
         cloudwatch_namespaces: Mapping[str, str],
         readiness: Readiness,
     ) -> None:
         self._control_plane = control_plane
+        self._sts = sts
         self._readiness = readiness
         self._metrics = metrics
         self._namespaces = dict(cloudwatch_namespaces)
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        # The SageMaker control plane (JSON 1.1): POST / with X-Amz-Target: SageMaker.<Op>.
-        app.router.add_post("/", self._control_plane)
+        # The SageMaker control plane (JSON 1.1): POST / with X-Amz-Target: SageMaker.<Op>;
+        # STS (query protocol) shares the path, told apart by its form-encoded body.
+        app.router.add_post("/", self.post_root)
         app.router.add_get("/ping", self.ping)
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/metrics/cloudwatch", self.cloudwatch)
         return app
+
+    async def post_root(self, request: web.Request) -> web.StreamResponse:
+        if is_sts_request(request):
+            return await self._sts(request)
+        return await self._control_plane(request)
 
     async def ping(self, request: web.Request) -> web.Response:
         return web.Response(text="")

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..arns import Arns, ResourceKind
 from ..control.catalog import Catalog
+from ..control.tags import Tagging
 from ..control.validation import required_name
 from ..endpoints.manager import EndpointManager
 from ..errors import RouterError, SerializationError, UnknownTarget, wire_error
@@ -39,10 +40,16 @@ Operation = Callable[[Params], Awaitable[dict[str, Any]]]
 
 class ControlApi:
     """Maps the thirteen model / endpoint config / endpoint operations to the catalog (models,
-    endpoint configs) and the endpoint manager; :meth:`handle` is the ``POST /`` handler."""
+    endpoint configs) and the endpoint manager, and the three tag operations to the tagging;
+    :meth:`handle` is the ``POST /`` handler."""
 
     def __init__(
-        self, catalog: Catalog, endpoints: EndpointManager, guard: Guard | None, arns: Arns
+        self,
+        catalog: Catalog,
+        endpoints: EndpointManager,
+        tagging: Tagging,
+        guard: Guard | None,
+        arns: Arns,
     ) -> None:
         self._guard = guard
         self._arns = arns
@@ -65,6 +72,9 @@ class ControlApi:
             "ListEndpoints": _listing(endpoints.list_endpoints),
             "UpdateEndpoint": self._update_endpoint,
             "DeleteEndpoint": self._delete_endpoint,
+            "AddTags": _listing(tagging.add_tags),
+            "ListTags": _listing(tagging.list_tags),
+            "DeleteTags": _listing(tagging.delete_tags),
         }
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -153,6 +163,8 @@ def _named(call: Callable[[str], dict[str, Any] | None], field: str) -> Operatio
 
 
 def _listing(call: Callable[[Params], dict[str, Any]]) -> Operation:
+    """An operation that takes the whole request (List*, the tag operations)."""
+
     async def operation(params: Params) -> dict[str, Any]:
         return call(params)
 

@@ -8,6 +8,7 @@ Names compare ignoring case, as in SageMaker.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,8 +27,14 @@ from ..runtime.base import ContainerRuntime
 from ..spec import EndpointConfigSpec, ModelSpec
 from .listing import ListItem, list_page, parse_list_request
 from .resources import EndpointConfigRecord, FleetSnapshot, ModelRecord, NameMap
-from .store import DuplicateName, ResourceTable, Store
+from .store import DuplicateName, ResourceTable, Store, Tags
+from .tags import parse_tags
 from .validation import check_name
+
+log = logging.getLogger(__name__)
+
+#: Container fields naming model data that a runtime would have to download and mount.
+_MODEL_DATA_FIELDS = ("ModelDataUrl", "ModelDataSource")
 
 
 class Catalog:
@@ -45,10 +52,7 @@ class Catalog:
         """Read back the models and endpoint configs of the state file (at start)."""
         for row in self._store.list_resources("models"):
             try:
-                # Not the current limit: a lowered limit does not take away existing models.
-                model = ModelSpec.from_request(
-                    row.body, max_containers=_stored_containers(row.body)
-                )
+                model = ModelSpec.from_stored(row.body)
             except ValidationError as exc:
                 raise unreadable(self._store.path, "model", row.name, exc) from exc
             self.models[row.name] = ModelRecord(model, row.created)
@@ -64,11 +68,31 @@ class Catalog:
     def create_model(self, body: Mapping[str, Any]) -> ModelSpec:
         """CreateModel: validate (spec rules, every image mapped), persist, return the model."""
         model = ModelSpec.from_request(body, max_containers=self._limits.max_containers_per_model)
+        tags = parse_tags(body.get("Tags"))
         for index, container in enumerate(model.containers):
             self._runtime.check_image(container.image, f"Containers[{index}].Image")
-        created = self._insert("model", self.models, model.name, model.to_request())
+        self._warn_unused_model_data(model)
+        created = self._insert("model", self.models, model.name, model.to_request(), tags)
         self.models[model.name] = ModelRecord(model, created)
         return model
+
+    def _warn_unused_model_data(self, model: ModelSpec) -> None:
+        # A runtime without the attribute predates it and mounts nothing either.
+        if getattr(self._runtime, "mounts_model_data", False):
+            return
+        for index, container in enumerate(model.containers):
+            for field in _MODEL_DATA_FIELDS:
+                if field in container.extra:
+                    where = "PrimaryContainer" if model.primary else f"Containers[{index}]"
+                    log.warning(
+                        "CreateModel %s: container %s has %s.%s, which this router's container "
+                        "runtime ignores (it downloads and mounts no model data); the container "
+                        "starts without it. Put the model into the image, or mount it yourself.",
+                        model.name,
+                        container.name,
+                        where,
+                        field,
+                    )
 
     def describe_model(self, name: str) -> dict[str, Any]:
         record = self._model(check_name(name, "ModelName"))
@@ -103,6 +127,7 @@ class Catalog:
     def create_endpoint_config(self, body: Mapping[str, Any]) -> EndpointConfigSpec:
         """CreateEndpointConfig: every variant's model must exist."""
         endpoint_config = EndpointConfigSpec.from_request(body)
+        tags = parse_tags(body.get("Tags"))
         for index, variant in enumerate(endpoint_config.variants):
             if variant.model_name not in self.models:
                 raise ValidationError(
@@ -116,6 +141,7 @@ class Catalog:
             self.endpoint_configs,
             endpoint_config.name,
             endpoint_config.to_request(),
+            tags,
         )
         self.endpoint_configs[endpoint_config.name] = EndpointConfigRecord(endpoint_config, created)
         return endpoint_config
@@ -158,15 +184,17 @@ class Catalog:
         existing: NameMap[Any],
         name: str,
         body: dict[str, Any],
+        tags: Tags,
     ) -> float:
-        """Write a new model or endpoint config to the state file; when it was created."""
+        """Write a new model or endpoint config and its tags to the state file; when it was
+        created."""
         store = self._store.for_change()
         if name in existing:
             raise self._already_exists(kind, name)
         created = time.time()
         table: ResourceTable = "models" if kind == "model" else "endpoint_configs"
         try:
-            store.insert_resource(table, name, body, created)
+            store.insert_resource(table, name, body, created, tags)
         except DuplicateName:
             raise self._already_exists(kind, name) from None
         return created
@@ -221,8 +249,3 @@ def unreadable(state_path: Path, what: str, name: str, exc: Exception) -> Config
         f"state file {state_path}: the stored {what} {name!r} cannot be read "
         f"({detail}). Was the file written by another version of mce-router?"
     )
-
-
-def _stored_containers(body: Mapping[str, Any]) -> int:
-    containers = body.get("Containers")
-    return max(1, len(containers)) if isinstance(containers, list) else 1

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from ..spec import EndpointConfigSpec, ModelSpec
 
+_MODEL_SHAPE = ("PrimaryContainer", "Containers", "InferenceExecutionConfig")
 #: Members of the CreateModel request that DescribeModel's output has too (Tags is not one).
 _MODEL_OUTPUT_EXTRAS = (
     "ExecutionRoleArn",
@@ -73,13 +74,10 @@ class ModelRecord:
 
     def describe(self, model_arn: str) -> dict[str, Any]:
         request = self.spec.to_request()
-        described: dict[str, Any] = {
-            "ModelName": self.spec.name,
-            "ModelArn": model_arn,
-            "Containers": request["Containers"],
-            "InferenceExecutionConfig": request["InferenceExecutionConfig"],
-            "CreationTime": self.created,
-        }
+        described: dict[str, Any] = {"ModelName": self.spec.name, "ModelArn": model_arn}
+        # As given: PrimaryContainer (mode only when Direct) or Containers with the mode.
+        described.update({k: request[k] for k in _MODEL_SHAPE if k in request})
+        described["CreationTime"] = self.created
         described.update({k: request[k] for k in _MODEL_OUTPUT_EXTRAS if k in request})
         return described
 
@@ -138,14 +136,10 @@ class FleetSnapshot:
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> FleetSnapshot:
-        # Stored bodies were validated when created; max_containers is not re-applied, so a
-        # lowered limit does not take away an endpoint that already runs.
+        # A lowered container limit does not take away an endpoint that already runs.
         return cls(
             config=EndpointConfigSpec.from_request(raw["config"]),
-            models={
-                name: ModelSpec.from_request(body, max_containers=max(1, len(body["Containers"])))
-                for name, body in raw["models"].items()
-            },
+            models={name: ModelSpec.from_stored(body) for name, body in raw["models"].items()},
             at=float(raw["at"]),
         )
 

@@ -17,6 +17,12 @@ stale lock behind).
 An endpoint row keeps a snapshot of what it serves (its endpoint config and models as request
 bodies): SageMaker lets users delete a model or config that an endpoint uses, and the endpoint
 must still come back after a restart.
+
+Tags (AddTags / ListTags / DeleteTags, and the ``Tags`` of Create*) live in their own table,
+keyed by resource kind and name; a resource's tags go in the transaction that inserts it and
+out with the one that deletes it. Schema 1 had no tags table: opening such a file adds it and
+copies the ``Tags`` kept in the stored request bodies into it, so tags given at Create* before
+the upgrade are listed too.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +39,12 @@ from typing import Any, Literal
 
 import orjson
 
+from ..arns import ResourceKind
 from ..errors import ConfigError, ServiceUnavailable
 
 #: Bumped when the schema changes; a file written by a newer router is refused, not misread.
-SCHEMA_VERSION = 1
+#: 2 added the tags table (filled from the stored bodies when a schema-1 file is opened).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -60,9 +68,19 @@ CREATE TABLE IF NOT EXISTS endpoints (
     deployed BLOB,
     pending BLOB
 );
+CREATE TABLE IF NOT EXISTS tags (
+    kind TEXT NOT NULL,  -- the ARN's resource type: model, endpoint-config, endpoint
+    name TEXT NOT NULL COLLATE NOCASE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, name, key)
+);
 """
 
 ResourceTable = Literal["models", "endpoint_configs"]
+#: (Key, Value) pairs in the order they were first added.
+Tags = Sequence[tuple[str, str]]
+_TABLE_KINDS: dict[str, ResourceKind] = {"models": "model", "endpoint_configs": "endpoint-config"}
 
 
 class DuplicateName(Exception):
@@ -148,15 +166,22 @@ class Store:
     # --- models and endpoint configs (one shape) ----------------------------------------------
 
     def insert_resource(
-        self, table: ResourceTable, name: str, body: dict[str, Any], created: float
+        self,
+        table: ResourceTable,
+        name: str,
+        body: dict[str, Any],
+        created: float,
+        tags: Tags = (),
     ) -> None:
-        """Insert a row; :class:`DuplicateName` when the name exists (ignoring case)."""
+        """Insert a row and its tags; :class:`DuplicateName` when the name exists (ignoring
+        case)."""
         try:
             with self.transaction() as db:
                 db.execute(
                     f"INSERT INTO {_table(table)} (name, body, created) VALUES (?, ?, ?)",
                     (name, orjson.dumps(body), created),
                 )
+                _replace_tags(db, _TABLE_KINDS[table], name, tags)
         except sqlite3.IntegrityError as exc:
             raise DuplicateName(name) from exc
 
@@ -167,14 +192,17 @@ class Store:
         return [StoredResource(r[0], orjson.loads(r[1]), r[2]) for r in rows]
 
     def delete_resource(self, table: ResourceTable, name: str) -> bool:
+        """Delete a row and its tags (a resource created again later starts with none)."""
         with self.transaction() as db:
             cursor = db.execute(f"DELETE FROM {_table(table)} WHERE name = ?", (name,))
+            _delete_tags(db, _TABLE_KINDS[table], name)
         return cursor.rowcount > 0
 
     # --- endpoints ----------------------------------------------------------------------------
 
-    def insert_endpoint(self, endpoint: StoredEndpoint) -> None:
-        """Insert a row; :class:`DuplicateName` when the name exists (ignoring case)."""
+    def insert_endpoint(self, endpoint: StoredEndpoint, tags: Tags = ()) -> None:
+        """Insert a row and its tags; :class:`DuplicateName` when the name exists (ignoring
+        case)."""
         try:
             with self.transaction() as db:
                 db.execute(
@@ -182,6 +210,7 @@ class Store:
                     f"VALUES ({', '.join('?' for _ in _ENDPOINT_COLUMNS)})",
                     _endpoint_row(endpoint),
                 )
+                _replace_tags(db, "endpoint", endpoint.name, tags)
         except sqlite3.IntegrityError as exc:
             raise DuplicateName(endpoint.name) from exc
 
@@ -212,7 +241,30 @@ class Store:
     def delete_endpoint(self, name: str) -> bool:
         with self.transaction() as db:
             cursor = db.execute("DELETE FROM endpoints WHERE name = ?", (name,))
+            _delete_tags(db, "endpoint", name)
         return cursor.rowcount > 0
+
+    # --- tags ---------------------------------------------------------------------------------
+
+    def list_tags(self, kind: ResourceKind, name: str) -> list[tuple[str, str]]:
+        rows = self._db.execute(
+            "SELECT key, value FROM tags WHERE kind = ? AND name = ? ORDER BY rowid",
+            (kind, name),
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def add_tags(self, kind: ResourceKind, name: str, tags: Tags) -> None:
+        """Add tags, overwriting the value of a key the resource has already (AddTags)."""
+        with self.transaction() as db:
+            _upsert_tags(db, kind, name, tags)
+
+    def delete_tags(self, kind: ResourceKind, name: str, keys: Iterable[str]) -> None:
+        """Remove the tags with these keys; keys the resource does not have are ignored."""
+        with self.transaction() as db:
+            db.executemany(
+                "DELETE FROM tags WHERE kind = ? AND name = ? AND key = ?",
+                [(kind, name, key) for key in keys],
+            )
 
 
 def acquire_lock(lock_path: Path, what: str) -> int:
@@ -250,12 +302,59 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
                 f"one knows {SCHEMA_VERSION}); upgrade this router or use another --state-dir"
             )
         db.executescript(_SCHEMA)
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if version != SCHEMA_VERSION:
+            # One transaction: a router killed mid-upgrade leaves a schema-1 file behind.
+            db.execute("BEGIN IMMEDIATE")
+            if version == 1:
+                _copy_create_tags(db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         raise ConfigError(
             f"state file {path} cannot be used ({exc}); move it away to start with no models, "
             "endpoint configs or endpoints"
         ) from exc
+
+
+def _replace_tags(db: sqlite3.Connection, kind: ResourceKind, name: str, tags: Tags) -> None:
+    # A leftover row of a resource deleted by an older router must not reappear on a new one.
+    _delete_tags(db, kind, name)
+    _upsert_tags(db, kind, name, tags)
+
+
+def _upsert_tags(db: sqlite3.Connection, kind: ResourceKind, name: str, tags: Tags) -> None:
+    # ON CONFLICT keeps the row (and its rowid, hence its place in ListTags) and sets the value.
+    db.executemany(
+        "INSERT INTO tags (kind, name, key, value) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (kind, name, key) DO UPDATE SET value = excluded.value",
+        [(kind, name, key, value) for key, value in tags],
+    )
+
+
+def _delete_tags(db: sqlite3.Connection, kind: ResourceKind, name: str) -> None:
+    db.execute("DELETE FROM tags WHERE kind = ? AND name = ?", (kind, name))
+
+
+def _copy_create_tags(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: the ``Tags`` of the stored Create* bodies become rows of the tags table.
+    Schema-1 routers kept Tags without checking them: only well-formed entries are copied."""
+    sources: tuple[tuple[str, ResourceKind], ...] = (
+        ("models", "model"),
+        ("endpoint_configs", "endpoint-config"),
+        ("endpoints", "endpoint"),
+    )
+    for table, kind in sources:
+        for name, body in db.execute(f"SELECT name, body FROM {table}").fetchall():
+            tags = orjson.loads(body).get("Tags")
+            entries = tags if isinstance(tags, list) else []
+            well_formed = [
+                (tag["Key"], tag["Value"])
+                for tag in entries
+                if isinstance(tag, dict)
+                and isinstance(tag.get("Key"), str)
+                and isinstance(tag.get("Value"), str)
+            ]
+            _upsert_tags(db, kind, name, well_formed)
 
 
 _TABLES: dict[str, str] = {"models": "models", "endpoint_configs": "endpoint_configs"}

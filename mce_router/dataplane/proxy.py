@@ -187,6 +187,23 @@ def invocation_path(endpoint_name: str) -> bytes:
     return f"/endpoints/{endpoint_name}/invocations".encode()
 
 
+#: The runtime API's invocation paths (``/endpoints/{name}/<action>``), all POST.
+_INVOCATION_ACTIONS: Final = (b"invocations", b"invocations-response-stream", b"async-invocations")
+#: Those of them this router refuses, with the message a ValidationError carries (boto3 raises
+#: ``client.exceptions.ValidationError``); answered before any endpoint lookup.
+_UNSUPPORTED_INVOCATIONS: Final = {
+    b"invocations-response-stream": (
+        "Response streaming (InvokeEndpointWithResponseStream) is not supported by this router "
+        "yet; use InvokeEndpoint."
+    ),
+    b"async-invocations": (
+        "Asynchronous inference (InvokeEndpointAsync) is not supported by this router: it has "
+        "no S3-compatible store to read the InputLocation from and write the output to. Call "
+        "InvokeEndpoint (synchronous, bodies up to 6 MiB) with the request body instead."
+    ),
+}
+
+
 def endpoint_path(path: bytes) -> tuple[str, bytes] | None:
     """``/endpoints/{name}/{action}`` (no query string) -> (name, action); None for any other
     path. The one place the runtime API's paths are taken apart."""
@@ -1446,7 +1463,7 @@ class ClientConnection(asyncio.Protocol):
         named = endpoint_path(path)
         if named is not None:
             name, action = named
-            if action in (b"invocations", b"invocations-response-stream"):
+            if action in _INVOCATION_ACTIONS:
                 if request.method != b"POST":
                     self._write_error(
                         UnknownOperation("Invocations must use POST."),
@@ -1455,15 +1472,10 @@ class ClientConnection(asyncio.Protocol):
                         url=request.url,
                     )
                     return
-                if action == b"invocations-response-stream":
+                unsupported = _UNSUPPORTED_INVOCATIONS.get(action)
+                if unsupported is not None:
                     self._write_error(
-                        ValidationError(
-                            "Response streaming (InvokeEndpointWithResponseStream) is not "
-                            "supported by this router yet; use InvokeEndpoint."
-                        ),
-                        request.keep_alive,
-                        None,
-                        url=request.url,
+                        ValidationError(unsupported), request.keep_alive, None, url=request.url
                     )
                     return
                 route = self.server.table.by_name.get(name.lower())

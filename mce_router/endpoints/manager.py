@@ -22,6 +22,7 @@ from ..control.catalog import Catalog
 from ..control.listing import ListItem, list_page, parse_list_request
 from ..control.resources import FleetSnapshot, NameMap, truncate_reason
 from ..control.store import DuplicateName, Store
+from ..control.tags import parse_tags
 from ..control.validation import check_name
 from ..dataplane.proxy import EndpointRoute, RuntimeServer
 from ..errors import (
@@ -76,6 +77,7 @@ class EndpointManager:
         ``InService`` or ``Failed``. With ``wait`` (the default) returns once it settled and
         raises :class:`EndpointStartupError` when it failed."""
         spec = EndpointSpec.from_request(body)
+        tags = parse_tags(body.get("Tags"))
         if spec.name in self.endpoints:
             raise self._exists(spec.name)
         snapshot = self._catalog.snapshot(spec.config_name)
@@ -87,7 +89,7 @@ class EndpointManager:
         )
         state.pending = snapshot
         try:
-            store.insert_endpoint(state.stored())
+            store.insert_endpoint(state.stored(), tags)
         except DuplicateName:
             raise self._exists(spec.name) from None
         self.endpoints[spec.name] = state

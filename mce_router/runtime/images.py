@@ -15,6 +15,10 @@ from .process import ProcessContainer, ProcessRuntime
 class ImageRuntime:
     """Implements :class:`~mce_router.runtime.base.ContainerRuntime` over the ``images:`` map."""
 
+    #: Neither a process nor an external container gets a container's ``ModelDataUrl`` (or
+    #: ``ModelDataSource``) downloaded or mounted: CreateModel warns that it is ignored.
+    mounts_model_data = False
+
     def __init__(
         self, images: Mapping[str, ImageSpec], settings: ProcessSettings, state_dir: Path
     ) -> None:

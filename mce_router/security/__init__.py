@@ -95,14 +95,9 @@ class Guard:
         self.config = config
         self.region = config.region
         self.account_id = config.account_id
-        self.verifier = SigV4Verifier(
-            config.credentials,
-            config.region,
-            "sagemaker",
-            max_skew_seconds=config.max_skew_seconds,
-            clock=clock,
-            reject_replays=config.reject_replays,
-        )
+        self.verifier = _verifier(config, "sagemaker", clock)
+        # STS requests (GetCallerIdentity on the admin port) are signed for the service "sts".
+        self.sts_verifier = _verifier(config, "sts", clock)
         self.audit = audit or AuditLog(config.audit)
 
     @classmethod
@@ -126,8 +121,13 @@ class Guard:
         raw_query: bytes,
         headers: Headers,
         body: Body = b"",
+        *,
+        sts: bool = False,
     ) -> Credential:
-        return self.verifier.verify(method, raw_path, raw_query, headers, body)
+        """Verify a whole request; ``sts``: one signed for STS (GetCallerIdentity on the admin
+        port), which has nothing to authorize: AWS answers it whatever the policies say."""
+        verifier = self.sts_verifier if sts else self.verifier
+        return verifier.verify(method, raw_path, raw_query, headers, body)
 
     # -- authorization ----------------------------------------------------------------------
 
@@ -162,3 +162,14 @@ class Guard:
             self.authorize(credential, request)
             for request in control_plane_requests(operation, params, self.region, self.account_id)
         )
+
+
+def _verifier(config: AuthConfig, service: str, clock: Callable[[], float]) -> SigV4Verifier:
+    return SigV4Verifier(
+        config.credentials,
+        config.region,
+        service,
+        max_skew_seconds=config.max_skew_seconds,
+        clock=clock,
+        reject_replays=config.reject_replays,
+    )

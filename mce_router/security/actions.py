@@ -8,6 +8,8 @@
   does for actions without resource types. CreateEndpoint and UpdateEndpoint need both the
   endpoint and the endpoint config (IAM lists both resource types for them), so they produce
   two requests and every one must be allowed.
+- The tag operations (AddTags, ListTags, DeleteTags) are ``sagemaker:<Operation>`` on the
+  resource their ``ResourceArn`` names (its name lower-cased like the router's own ARNs).
 
 SageMaker ARNs carry the resource name lower-cased (an endpoint created as ``My-Endpoint`` has
 the ARN ``...:endpoint/my-endpoint``), and policy matching is case-sensitive as in IAM: write
@@ -78,6 +80,22 @@ CONTROL_PLANE_RESOURCES: Final[Mapping[str, _ResourceSpec]] = {
 }
 
 
+#: Operations naming their resource by ARN (``ResourceArn``) rather than by name.
+ARN_OPERATIONS: Final = frozenset({"AddTags", "ListTags", "DeleteTags"})
+
+
+def _named_arn(value: Any) -> str:
+    """``ResourceArn`` as IAM matches it: a SageMaker ARN with its name lower-cased, as the
+    router writes its ARNs; anything else as given (an empty string when not a string)."""
+    if not isinstance(value, str):
+        return ""
+    parts = value.split(":", 5)
+    if len(parts) == 6 and parts[2] == "sagemaker" and "/" in parts[5]:
+        kind, _, name = parts[5].partition("/")
+        return sagemaker_arn(parts[3], parts[4], kind, name)
+    return value
+
+
 def control_plane_requests(
     operation: str, params: Mapping[str, Any], region: str, account_id: str
 ) -> tuple[AuthzRequest, ...]:
@@ -87,6 +105,8 @@ def control_plane_requests(
     an empty name, which only a wildcard resource allows: authorization comes before validation,
     as in AWS, so an unauthorized caller learns nothing from validation errors."""
     action = f"sagemaker:{operation}"
+    if operation in ARN_OPERATIONS:
+        return (AuthzRequest(action, _named_arn(params.get("ResourceArn"))),)
     specs = CONTROL_PLANE_RESOURCES.get(operation, ())
     if not specs:
         return (AuthzRequest(action, "*"),)

@@ -1,5 +1,6 @@
 """The SageMaker Python SDK (v2, ``sagemaker<3``) pointed at the router: a PipelineModel deployed
-with ``wait=False``, boto3's waiter, then ``Predictor.predict``.
+with ``wait=False``, boto3's waiter, ``Predictor.predict``, then ``Predictor.update_endpoint``
+(ListTags) and another prediction.
 
 The SDK is in the ``test`` extra; without it installed this test is skipped (``-m "not sdk"``
 deselects it explicitly). Nothing may leave the machine: every other AWS endpoint is pointed at
@@ -110,14 +111,26 @@ async def _deploy_and_predict(config_factory: Any, monkeypatch: pytest.MonkeyPat
                     serializer=CSVSerializer(),
                     deserializer=CSVDeserializer(),
                 )
-                return predictor.predict([[1, 2, 3], [4, 5, 6]])
+                first = predictor.predict([[1, 2, 3], [4, 5, 6]])
+                # The SDK copies the endpoint config (DescribeEndpointConfig, ListTags of it,
+                # CreateEndpointConfig) and updates the endpoint to the copy.
+                predictor.update_endpoint(
+                    initial_instance_count=1, instance_type="ml.m5.large", wait=False
+                )
+                sm.get_waiter("endpoint_in_service").wait(
+                    EndpointName="sdk-endpoint", WaiterConfig=FAST_WAITER
+                )
+                assert predictor.predict([[1, 2, 3], [4, 5, 6]]) == first
+                return first
 
             prediction = await asyncio.to_thread(deploy_and_predict)
 
         # preprocess -> model (weights 0.5, 0.25, 0.125) -> postprocess, as in the quickstart.
         assert prediction == [["1.375", "positive"], ["4.0", "positive"]]
         assert operations[:3] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
-        assert set(operations[3:]) == {"DescribeEndpoint"}
+        assert {"ListTags", "UpdateEndpoint"} <= set(operations[3:])
+        serving = router.describe_endpoint("sdk-endpoint")["EndpointConfigName"]
+        assert serving != "sdk-endpoint"  # the SDK's copy of the config serves
         described = router.describe_model("sdk-pipeline")
         assert described["InferenceExecutionConfig"] == {"Mode": "Serial"}
         assert [c["Image"] for c in described["Containers"]] == [

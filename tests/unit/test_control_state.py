@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -219,3 +220,48 @@ def test_serve_state_flags_override_the_config(tmp_path: Path) -> None:
         argparse.Namespace(**flags, state_dir=tmp_path / "dir", state_file=tmp_path / "x.db")
     )
     assert pinned.state_path == (tmp_path / "x.db").resolve()
+
+
+def test_a_schema_1_state_file_gets_the_tags_table_with_the_tags_of_its_bodies(
+    tmp_path: Path,
+) -> None:
+    # A file as schema-1 routers wrote it: no tags table, Tags kept in the request bodies
+    # (unchecked: a malformed entry must not stop the upgrade).
+    path = tmp_path / "v1.db"
+    model = {"ModelName": "M", "Containers": [{"Image": "i"}], "Tags": [{"Key": "k", "Value": "v"}]}
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            "CREATE TABLE models (name TEXT PRIMARY KEY COLLATE NOCASE, body BLOB NOT NULL,"
+            " created REAL NOT NULL);"
+            "CREATE TABLE endpoint_configs (name TEXT PRIMARY KEY COLLATE NOCASE,"
+            " body BLOB NOT NULL, created REAL NOT NULL);"
+            "CREATE TABLE endpoints (name TEXT PRIMARY KEY COLLATE NOCASE, body BLOB NOT NULL,"
+            " config_name TEXT NOT NULL, status TEXT NOT NULL, failure_reason TEXT,"
+            " created REAL NOT NULL, modified REAL NOT NULL, deployed BLOB, pending BLOB);"
+        )
+        db.execute("INSERT INTO models VALUES ('M', ?, 1.0)", (json.dumps(model),))
+        db.execute(
+            "INSERT INTO endpoint_configs VALUES ('C', ?, 1.0)",
+            (json.dumps({"EndpointConfigName": "C", "Tags": [{"Key": 1}, "x", {"Key": "a"}]}),),
+        )
+        db.execute(
+            "INSERT INTO endpoints VALUES ('E', ?, 'C', 'InService', NULL, 1.0, 1.0, NULL, NULL)",
+            (json.dumps({"EndpointName": "E", "Tags": [{"Key": "e", "Value": ""}]}),),
+        )
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+    store = Store.open(path)
+    try:
+        assert store.list_tags("model", "m") == [("k", "v")]
+        assert store.list_tags("endpoint-config", "C") == []
+        assert store.list_tags("endpoint", "E") == [("e", "")]
+        assert store.list_resources("models")[0].body == model  # the bodies are untouched
+        store.add_tags("model", "M", [("k", "w"), ("k2", "x")])
+        store.delete_tags("model", "M", ["k2", "absent"])
+        assert store.list_tags("model", "M") == [("k", "w")]
+        assert store.delete_resource("models", "M")
+        assert store.list_tags("model", "M") == []
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

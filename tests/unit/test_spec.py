@@ -213,10 +213,21 @@ def test_primary_container_is_a_single_container_model() -> None:
     assert len(spec.containers) == 1
     assert spec.containers[0].name == "container-1"
     assert spec.containers[0].extra == {"ModelDataUrl": "s3://b/m.tgz"}
+    # Answered as given (SageMaker's DescribeModel does): PrimaryContainer, no mode when Serial.
     request = spec.to_request()
-    assert "PrimaryContainer" not in request
-    assert request["Containers"] == [container(ModelDataUrl="s3://b/m.tgz")]
+    assert request == body
     assert ModelSpec.from_request(request) == spec
+    assert spec.primary
+    # A body stored before `primary` existed (Containers + Serial) still reads back, as before.
+    stored = {
+        "ModelName": "single",
+        "Containers": [container(ModelDataUrl="s3://b/m.tgz")],
+        "InferenceExecutionConfig": {"Mode": "Serial"},
+    }
+    old = ModelSpec.from_stored(stored)
+    assert not old.primary
+    assert old.containers == spec.containers
+    assert old.to_request() == stored
 
 
 def test_primary_container_in_direct_mode_needs_its_hostname() -> None:
@@ -228,7 +239,9 @@ def test_primary_container_in_direct_mode_needs_its_hostname() -> None:
     refused(lambda: ModelSpec.from_request(body), "PrimaryContainer.ContainerHostname", NOT_NULL)
 
     body["PrimaryContainer"] = container("only")
-    assert ModelSpec.from_request(body).container("only") is not None
+    spec = ModelSpec.from_request(body)
+    assert spec.container("only") is not None
+    assert spec.to_request() == body  # Direct: the mode is answered too
 
 
 # --- models: refused ------------------------------------------------------------------------
