@@ -58,7 +58,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING or ERROR (any case); DEBUG also prints tracebacks of failures",
     )
     _add_policy_parser(commands)
+    _add_check_parser(commands)
     return parser
+
+
+def _check_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            check: argparse.ArgumentParser = action.choices["check"]
+            return check
+    raise LookupError("check")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -112,6 +121,137 @@ def _add_policy_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="another condition key of the request; repeatable",
     )
     simulate.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_check_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser(
+        "check",
+        help="check a container against SageMaker's container contract",
+        description=(
+            "Start a container as a multi-container endpoint would (SAGEMAKER_BIND_TO_PORT, "
+            "SAGEMAKER_SAFE_PORT_RANGE; an image with its entrypoint and 'serve') and report "
+            "each rule with its evidence: listens on the bind port and not on 8080, accepts "
+            "connections within 250 ms, answers GET /ping 200 within 2 s, answers a sample POST "
+            "/invocations, listens on no port outside its bind port and safe range, also serves "
+            "on a bind port above 32767, exits within the grace period after SIGTERM, carries "
+            "the accept-bind-to-port label (images), fits the instance type's CPU and memory. "
+            "Exit status: 0 when every rule passes, 1 when one fails, 2 for invalid input."
+        ),
+        epilog=(
+            "--command takes the rest of the line up to the next option of this command; "
+            "end it with -- when the container's own arguments use the same option names."
+        ),
+    )
+    what = check.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="an image on the container engine (run with 'serve')")
+    what.add_argument(
+        "--command", dest="check_command", metavar="ARGV", help="a command line (process runtime)"
+    )
+    check.add_argument("--payload", type=Path, metavar="FILE", help="body of a sample request")
+    check.add_argument(
+        "--content-type",
+        default="application/json",
+        help="Content-Type of the sample request (default application/json)",
+    )
+    check.add_argument("--accept", help="Accept of the sample request")
+    check.add_argument(
+        "--instance-type",
+        default="ml.m5.large",
+        help="the instance type whose CPU and memory the container must fit (ml.m5.large)",
+    )
+    check.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an Environment variable of the model; repeatable",
+    )
+    check.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=480.0,
+        help="seconds to pass /ping, as ContainerStartupHealthCheckTimeoutInSeconds (480)",
+    )
+    check.add_argument(
+        "--grace", type=float, default=30.0, help="seconds allowed to exit after SIGTERM (30)"
+    )
+    check.add_argument(
+        "--engine-url",
+        default=None,
+        help="Docker Engine API for --image (default: DOCKER_HOST, else "
+        "unix:///var/run/docker.sock)",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _split_command(argv: list[str], own_options: set[str]) -> tuple[list[str], list[str]]:
+    """``check --command ARGV...``: the container's argv runs up to ``--`` or the next option
+    of ``check`` itself, so that ``--payload`` after it is the checker's."""
+    if "--command" not in argv:
+        return argv, []
+    start = argv.index("--command")
+    end = start + 1
+    while end < len(argv) and argv[end] != "--" and argv[end].split("=")[0] not in own_options:
+        end += 1
+    command = argv[start + 1 : end]
+    rest = argv[end + 1 :] if end < len(argv) and argv[end] == "--" else argv[end:]
+    # argparse still sees --command (with a placeholder) so the either/or rule holds.
+    return [*argv[:start], "--command", "<argv>", *rest], command
+
+
+def _check(args: argparse.Namespace, command: list[str]) -> int:
+    import os
+    import tempfile
+
+    from .check import CheckOptions, CommandSubject, ImageSubject, Subject, check_container
+    from .runtime.instances import lookup
+
+    try:
+        instance = lookup(args.instance_type, "--instance-type")
+        payload = args.payload.read_bytes() if args.payload is not None else None
+    except RouterError as exc:
+        print(f"mce-router: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"mce-router: --payload {args.payload}: {exc.strerror}", file=sys.stderr)
+        return 2
+    environment: dict[str, str] = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"mce-router: --env {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        environment[key] = value
+    if args.image is None and not command:
+        print("mce-router: --command needs the container's command line", file=sys.stderr)
+        return 2
+    options = CheckOptions(
+        instance=instance,
+        payload=payload,
+        content_type=args.content_type,
+        accept=args.accept,
+        startup_timeout=args.startup_timeout,
+        grace_seconds=args.grace,
+    )
+    with tempfile.TemporaryDirectory(prefix="mce-check-") as logs:
+        subject: Subject
+        if args.image is not None:
+            url = args.engine_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+            subject = ImageSubject(args.image, engine_url=url, environment=environment)
+        else:
+            subject = CommandSubject(command, environment=environment, log_dir=Path(logs))
+        try:
+            import uvloop
+
+            report = uvloop.run(check_container(subject, options))
+        except RouterError as exc:
+            print(f"mce-router: {exc.message}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"mce-router: {exc}", file=sys.stderr)
+            return 2
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.as_text())
+    return 0 if report.passed else 1
 
 
 def _policy_simulate(args: argparse.Namespace) -> int:
@@ -263,9 +403,19 @@ async def _serve(config: RouterConfig, drain_seconds: float) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 after a requested stop, 2 for usage and configuration errors, 1 for
     failures at run time (one line on stderr; tracebacks only with --log-level DEBUG)."""
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if arguments[:1] == ["check"]:
+        own = {
+            option for action in _check_parser(parser)._actions for option in action.option_strings
+        }
+        arguments, command = _split_command(arguments, own - {"--command"})
+    args = parser.parse_args(arguments)
     if args.command == "policy":
         return _policy_simulate(args)
+    if args.command == "check":
+        return _check(args, command)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -107,6 +107,17 @@ class EndpointConfigNotFound(ResourceNotFound):
     """SageMaker answers a missing endpoint config with ValidationException as well."""
 
 
+class ContainerEngineError(RouterError, OSError):
+    """The container engine (Docker Engine API) is unreachable or refused an operation. An
+    OSError too: like a process that cannot be spawned, it fails one container start."""
+
+    def __init__(self, message: str) -> None:
+        RouterError.__init__(self, message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class ResourceInUse(RouterError):
     """The resource exists already, or another resource depends on it."""
 
@@ -242,6 +253,7 @@ _WIRE_TABLE: dict[type[BaseException], tuple[int, str, str]] = {
     ModelError: (424, "ModelError", "ModelError"),
     ModelNotReady: (429, "ModelNotReadyException", "ModelNotReadyException"),
     ServiceUnavailable: (503, "ServiceUnavailable", "ServiceUnavailable"),
+    ContainerEngineError: (503, "ServiceUnavailable", "ServiceUnavailable"),
     InternalFailure: (500, "InternalFailure", "InternalFailure"),
 }
 

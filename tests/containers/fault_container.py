@@ -24,6 +24,14 @@ Process knobs (environment):
     The action of a request whose custom attributes name none (default ``echo``), e.g.
     ``status:500`` for a container that fails every call, or ``headers``. Custom attributes
     reach every stage of a Serial pipeline, so this is how one stage behaves differently.
+``FAULT_EXTRA_LISTEN=PORT``
+    Also listen on PORT (answers like the bind port), e.g. 8080 or a port outside the safe range.
+``FAULT_ACCEPT_DELAY=SECONDS``
+    Accept each connection only after SECONDS (a server whose accept loop is starved).
+``FAULT_MAX_BIND_PORT=N``
+    Refuse to start (exit 1) when SAGEMAKER_BIND_TO_PORT is above N, as some servers do for 32767.
+``FAULT_ALLOCATE_MB=N``
+    Hold N MiB of touched memory from start-up on.
 ``FAULT_RESPONSE_CONTENT_TYPE``
     Content-Type of the answers carrying data (``echo``, ``sleep``, ``close-after``, ``headers``,
     ``env``, ``big``) instead of the usual one, so a Serial stage can hand its successor a
@@ -47,6 +55,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -452,18 +461,53 @@ async def serve(
         except TimeoutError:
             pass
 
+    accept_delay = float(os.environ.get("FAULT_ACCEPT_DELAY") or 0)
+    extra = os.environ.get("FAULT_EXTRA_LISTEN")
+    ports = [port] + ([int(extra)] if extra else [])
+    listeners: list[asyncio.Server] = []
+    slow_accepts: list[asyncio.Task[None]] = []
     try:
-        listener = await asyncio.start_server(
-            server.handle_connection, HOST, port, limit=HEAD_LIMIT, backlog=1024
-        )
+        for each in ports:
+            if accept_delay:
+                slow_accepts.append(asyncio.ensure_future(slow_accept(server, each, accept_delay)))
+            else:
+                listeners.append(
+                    await asyncio.start_server(
+                        server.handle_connection, HOST, each, limit=HEAD_LIMIT, backlog=1024
+                    )
+                )
     except OSError as exc:
         log(f"cannot listen on {HOST}:{port}: {exc}")
         return 1
-    log(f"listening on {HOST}:{port} (ping={state.ping_mode})")
+    log(f"listening on {HOST}:{', '.join(map(str, ports))} (ping={state.ping_mode})")
     await stop.wait()
-    listener.close()
+    for listener in listeners:
+        listener.close()
+    for task in slow_accepts:
+        task.cancel()
     log("stopping on signal")
     return 0
+
+
+async def slow_accept(server: Server, port: int, delay: float) -> None:
+    """A listener whose accept loop waits ``delay`` before each accept (kernel queue fills)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    handlers: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            await asyncio.sleep(delay)
+            conn, _ = await loop.sock_accept(sock)
+            reader, writer = await asyncio.open_connection(sock=conn, limit=HEAD_LIMIT)
+            task = asyncio.ensure_future(server.handle_connection(reader, writer))
+            handlers.add(task)
+            task.add_done_callback(handlers.discard)
+    finally:
+        sock.close()
 
 
 def _reap(pid: int) -> None:
@@ -482,6 +526,13 @@ def main() -> int:
         port = int(env.get("SAGEMAKER_BIND_TO_PORT") or DEFAULT_PORT)
     except ValueError:
         fail(f"bad SAGEMAKER_BIND_TO_PORT {env['SAGEMAKER_BIND_TO_PORT']!r}")
+    max_port = env.get("FAULT_MAX_BIND_PORT")
+    if max_port and port > int(max_port):
+        log(f"SAGEMAKER_BIND_TO_PORT={port} is above {max_port}: refusing to start")
+        return 1
+    hoard = bytearray(int(env.get("FAULT_ALLOCATE_MB") or 0) * 2**20)
+    for offset in range(0, len(hoard), 4096):  # touch every page, so it is resident
+        hoard[offset] = 1
     startup = env.get("FAULT_STARTUP", "")
     if startup == "exit" or startup.startswith("exit:"):
         code_text = startup.partition(":")[2] or "3"

@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("runtime", "dataplane", "metrics"),  # containers; the hot path; metrics of both
     ("control",),  # state file, models and endpoint configs, statuses, listing
     ("endpoints",),  # endpoint state machine, fleets, health checks, restart recovery
+    ("check",),  # the container contract checker (a tool over the runtimes)
     ("admin",),  # the admin listener: aiohttp app and the JSON 1.1 control plane
     ("router",),  # the composition root
     ("cli", "__init__", "__main__"),  # the command line; the package's public names
