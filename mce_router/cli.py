@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from . import __version__, dataplane
 from .aio import finished_before
-from .config import Listener, RouterConfig
+from .config import RouterConfig
 from .dataplane.allocator import tune_allocator
 from .errors import ConfigError, RouterError
 from .router import Router
@@ -37,6 +38,15 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="runtime API port (default: config, else 8080)")
     serve.add_argument(
         "--admin-port", type=int, help="admin/control-plane port (default: config, else 8081)"
+    )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="certificate chain: TLS (1.2+) on both listeners (config: listen.tls_cert_file)",
+    )
+    serve.add_argument(
+        "--tls-key", type=Path, metavar="PEM", help="its private key (listen.tls_key_file)"
     )
     serve.add_argument("--state-dir", type=Path, help="logs and state (default: config)")
     serve.add_argument(
@@ -316,10 +326,13 @@ def load_serve_config(args: argparse.Namespace) -> RouterConfig:
     config = RouterConfig.from_file(args.config)
     listener = config.listener
     config = config.replace(
-        listener=Listener(
+        listener=dataclasses.replace(
+            listener,
             host=args.host if args.host is not None else listener.host,
             port=args.port if args.port is not None else listener.port,
             admin_port=args.admin_port if args.admin_port is not None else listener.admin_port,
+            tls_cert_file=str(args.tls_cert.resolve()) if args.tls_cert else listener.tls_cert_file,
+            tls_key_file=str(args.tls_key.resolve()) if args.tls_key else listener.tls_key_file,
         )
     )
     if args.state_dir is not None:

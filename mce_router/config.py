@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,11 +123,46 @@ class MetricsSettings:
     cloudwatch_sagemaker_namespace: str = "MceRouter/SageMaker"
 
 
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
     host: str = "127.0.0.1"
     port: int = 8080
     admin_port: int = 8081
+    #: PEM certificate chain and private key: both set puts TLS on both listeners (a sidecar
+    #: reached from another host must not carry SigV4 signatures and payloads in the clear).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: The oldest TLS version accepted: "1.2" or "1.3".
+    tls_min_version: str = "1.2"
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server-side TLS context of both listeners; None without TLS. Python's defaults
+        for servers (no compression, forward-secret AEAD ciphers first) plus the minimum."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = TLS_VERSIONS[self.tls_min_version]
+        try:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"config.listen: tls_cert_file {self.tls_cert_file} and tls_key_file "
+                f"{self.tls_key_file} are not a PEM certificate chain and its private key "
+                f"({exc.reason or exc})"
+            ) from exc
+        except OSError as exc:  # after SSLError, which is one
+            raise ConfigError(
+                f"config.listen: cannot read the TLS certificate or key "
+                f"({self.tls_cert_file}, {self.tls_key_file}): {exc.strerror or exc}"
+            ) from exc
+        return context
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +231,12 @@ class RouterConfig:
             "process": _section(ProcessSettings, raw.get("process"), "process"),
             "metrics": _section(MetricsSettings, raw.get("metrics"), "metrics"),
         }
+        listener = kwargs["listener"]
+        for key in ("tls_cert_file", "tls_key_file"):
+            if getattr(listener, key):
+                resolved = str((base / getattr(listener, key)).resolve())
+                listener = dataclasses.replace(listener, **{key: resolved})
+        kwargs["listener"] = listener
         if "state_dir" in raw:
             kwargs["state_dir"] = (base / str(raw["state_dir"])).resolve()
         if raw.get("state_file") is not None:
@@ -232,6 +274,20 @@ class RouterConfig:
         except yaml.YAMLError as exc:
             raise ConfigError(f"config: {config_path} is not valid YAML: {exc}") from exc
         return cls.from_mapping(raw or {}, base_dir=config_path.resolve().parent)
+
+
+def _validate_tls(listener: Listener) -> None:
+    if bool(listener.tls_cert_file) != bool(listener.tls_key_file):
+        raise ConfigError(
+            "config.listen: TLS needs both tls_cert_file and tls_key_file (or --tls-cert and "
+            "--tls-key); only one is set"
+        )
+    if listener.tls_min_version not in TLS_VERSIONS:
+        raise ConfigError(
+            f"config.listen.tls_min_version: must be one of {', '.join(TLS_VERSIONS)} "
+            f"(got {listener.tls_min_version!r})"
+        )
+    listener.ssl_context()  # the files load now, not when the first client connects
 
 
 _Section = TypeVar("_Section", Listener, Limits, HealthSettings, ProcessSettings, MetricsSettings)
@@ -388,6 +444,7 @@ def _validate(config: RouterConfig) -> None:
     for name, port in (("port", config.listener.port), ("admin_port", config.listener.admin_port)):
         if not 0 <= port <= 65535:
             raise ConfigError(f"config.listen.{name}: must be 0..65535 (0 = any free port)")
+    _validate_tls(config.listener)
     end = config.process.safe_port_range_start + (
         config.process.safe_port_range_size * config.process.safe_port_range_blocks
     )

@@ -153,6 +153,7 @@ class Router:
         )
         stack.callback(server.close)  # its sweeper timer must not outlive the router
         stack.callback(server.abort_all)
+        tls = config.listener.ssl_context()
         with _listening("runtime API", config.listener.host, config.listener.port, "port"):
             listener = await loop.create_server(
                 server.protocol_factory,
@@ -160,6 +161,7 @@ class Router:
                 config.listener.port,
                 backlog=4096,
                 reuse_address=True,
+                ssl=tls,
             )
         stack.push_async_callback(listener.wait_closed)
         stack.callback(listener.close)  # (wait_closed waits forever on a listener left open)
@@ -202,7 +204,11 @@ class Router:
         await admin.setup()
         stack.push_async_callback(admin.cleanup)
         site = web.TCPSite(
-            admin, config.listener.host, config.listener.admin_port, reuse_address=True
+            admin,
+            config.listener.host,
+            config.listener.admin_port,
+            reuse_address=True,
+            ssl_context=tls,
         )
         admin_port = config.listener.admin_port
         with _listening("admin and control-plane", config.listener.host, admin_port, "admin_port"):
@@ -283,11 +289,14 @@ class Router:
 
     @property
     def runtime_url(self) -> str:
-        return f"http://{self._url_host()}:{self.runtime_port}"
+        return f"{self._scheme()}://{self._url_host()}:{self.runtime_port}"
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self._url_host()}:{self.admin_port}"
+        return f"{self._scheme()}://{self._url_host()}:{self.admin_port}"
+
+    def _scheme(self) -> str:
+        return "https" if self.config.listener.tls else "http"
 
     def _url_host(self) -> str:
         host = self.config.listener.host

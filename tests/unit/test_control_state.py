@@ -209,7 +209,14 @@ def test_state_file_location_and_control_limits_from_config(tmp_path: Path) -> N
 def test_serve_state_flags_override_the_config(tmp_path: Path) -> None:
     config_file = tmp_path / "router.yaml"
     config_file.write_text("state_dir: from-config\n")
-    flags = {"config": config_file, "host": None, "port": None, "admin_port": None}
+    flags = {
+        "config": config_file,
+        "host": None,
+        "port": None,
+        "admin_port": None,
+        "tls_cert": None,
+        "tls_key": None,
+    }
     plain = load_serve_config(argparse.Namespace(**flags, state_dir=None, state_file=None))
     assert plain.state_path == (tmp_path / "from-config" / "state.db").resolve()
     moved = load_serve_config(
