@@ -21,7 +21,7 @@ import aiohttp
 from ..runtime.instances import GIB, InstanceType
 from ..runtime.ports import port_is_free
 from . import probes
-from .subjects import BIND_LABEL, Started, Subject
+from .subjects import BIND_LABEL, Started, StartFailed, Subject
 
 _HIGH_RULE = "bind-port-above-32767"
 ACCEPT_LIMIT_SECONDS = 0.25
@@ -199,7 +199,8 @@ async def check_container(subject: Subject, options: CheckOptions) -> CheckRepor
             connector=aiohttp.TCPConnector(force_close=True)
         ) as session:
             low_port = await _first_run(subject, options, session, report)
-            await _high_port_run(subject, options, session, report, low_port)
+            if low_port is not None:
+                await _high_port_run(subject, options, session, report, low_port)
     finally:
         await subject.aclose()
     report.rules.sort(key=lambda result: RULES.index(result.rule))
@@ -211,13 +212,19 @@ async def _first_run(
     options: CheckOptions,
     session: aiohttp.ClientSession,
     report: CheckReport,
-) -> int:
+) -> int | None:
+    """The main run; the bind port it used, or None when the container could not start."""
     host = "127.0.0.1"
     bind_port = _free_port(LOW_BIND_PORTS, host, set())
     safe_range = _free_range(host)
-    launched = time.monotonic()
-    started = await subject.start(bind_port, safe_range, options.instance)
     pending = [rule for rule in RULES if rule not in ("accept-bind-to-port-label", _HIGH_RULE)]
+    launched = time.monotonic()
+    try:
+        started = await subject.start(bind_port, safe_range, options.instance)
+    except StartFailed as exc:
+        for rule in [*pending, _HIGH_RULE]:
+            report.add(rule, False, f"not checked: {exc}")
+        return None
 
     def done(rule: str, passed: bool, detail: str, *, skipped: bool = False) -> None:
         pending.remove(rule)
@@ -410,8 +417,12 @@ async def _high_port_run(
     bind_port = _free_port(HIGH_BIND_PORTS, host, set())
     safe_range = _free_range(host)
     launched = time.monotonic()
-    started = await subject.start(bind_port, safe_range, options.instance)
     rule = _HIGH_RULE
+    try:
+        started = await subject.start(bind_port, safe_range, options.instance)
+    except StartFailed as exc:
+        report.add(rule, False, f"with SAGEMAKER_BIND_TO_PORT={bind_port}: {exc}")
+        return
     try:
         pid = started.root_pid
         if pid is None:

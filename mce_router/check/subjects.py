@@ -31,6 +31,11 @@ CHECK_LABEL = "io.github.mce-router.check"
 _PRIVATE_ENV_PREFIXES = ("AWS_", "MCE_ROUTER_")
 
 
+class StartFailed(Exception):
+    """The engine could not start the container (e.g. no entrypoint that takes ``serve``): a
+    finding about the container, reported against every rule, not an error of the check."""
+
+
 class Started(Protocol):
     host: str
 
@@ -284,13 +289,21 @@ class ImageSubject:
                 "NanoCpus": instance.vcpu * 1_000_000_000,
             },
         }
-        container = await docker.containers.create(config, name=f"mce-check-{uuid.uuid4().hex[:8]}")
+        import aiodocker
+
+        name = f"mce-check-{uuid.uuid4().hex[:8]}"
+        try:
+            container = await docker.containers.create(config, name=name)
+        except aiodocker.DockerError as exc:
+            raise StartFailed(f"the engine refused to create it: {exc.message}") from exc
         try:
             await container.start()
             info = await container.show()
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 await container.delete(force=True)
+            if isinstance(exc, aiodocker.DockerError):
+                raise StartFailed(f"the engine could not start it: {exc.message}") from exc
             raise
         pid = int((info.get("State") or {}).get("Pid") or 0) or None
         return _StartedContainer(self._host, container, pid)
