@@ -17,6 +17,7 @@ from .aio import finished_before
 from .config import Listener, RouterConfig
 from .dataplane.allocator import tune_allocator
 from .errors import ConfigError, RouterError
+from .loadtest import cli as loadtest_cli
 from .router import Router
 from .security import TARGET_CONTAINER_KEY, AuthzRequest, PolicySet
 from .security.config import load_policy_file
@@ -58,6 +59,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING or ERROR (any case); DEBUG also prints tracebacks of failures",
     )
     _add_policy_parser(commands)
+    loadtest_cli.register(commands)
     return parser
 
 
@@ -266,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "policy":
         return _policy_simulate(args)
+    if args.command == "loadtest":
+        return loadtest_cli.run(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
