@@ -11,6 +11,9 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from .document import limit_entries, verdict
+from .html import render
+
 SCHEMA = "mce-router-loadtest/1"
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 
@@ -88,8 +91,6 @@ class Report:
         path.write_text(self.to_json() + "\n", encoding="utf-8")
 
     def write_html(self, path: Path) -> None:
-        from .html import render
-
         path.write_text(render(self.data), encoding="utf-8")
 
     def summary(self) -> str:
@@ -148,21 +149,6 @@ class Report:
             lines.append("result: INVALID, the generator was the bottleneck:")
             lines.extend("  " + r for r in self.data["invalid_reasons"])
         return "\n".join(lines)
-
-
-def verdict(data: dict[str, Any]) -> str:
-    """What ``valid`` vouches for, in words."""
-    if data.get("limit"):
-        return (
-            "the generator kept up at every rate reported as a limit; a search it could not "
-            "push further says 'the generator saturated'"
-        )
-    return "the generator kept up: scheduling lag and its CPU within limits"
-
-
-def limit_entries(limit: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Find-the-limit results in display order: the endpoint's mix, then each container alone."""
-    return [("endpoint (mix)", limit["endpoint"]), *limit["containers"].items()]
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
