@@ -6,7 +6,14 @@ nginx (one worker) is pinned to CPU 0 and answers every POST with a fixed 97-byt
 each generator in turn is pinned to CPU 1 with 64 connections (closed loop, as fast as it can:
 that is what "requests per second one core generates" means) for ``--seconds``, rounds
 interleaved, medians reported. The harness is also run open-loop at 80 % of its own closed-loop
-rate, to show the rate it can schedule on time (its self-check then says valid or not).
+rate, to show the rate it can schedule on time (its self-check then says valid or not), and with
+its own find-the-limit mode stepping the open-loop rate up until its self-check fails: the
+highest *valid* open-loop rate one harness core keeps.
+
+Then the issue's yardstick, "one harness core drives at least the rate one router core serves":
+``mce-router serve`` pinned to CPU 0 in front of a second nginx on CPU 1 (the layout of
+benchmarks/run.py), driven from CPU 1 first by wrk (the rate one router core serves) and then by
+the harness, closed loop (can one harness core saturate one router core?).
 
     python benchmarks/loadgen.py            # about 2 minutes: 3 rounds of 5 s per tool
     python benchmarks/loadgen.py --rounds 1 --seconds 3
@@ -41,7 +48,7 @@ from benchlib.procs import (
     which,
     workspace,
 )
-from benchlib.stack import HOST, ORIGIN_BODY, start_nginx
+from benchlib.stack import HOST, ORIGIN_BODY, router_config, start_nginx, start_router
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -68,21 +75,37 @@ def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> s
     return done.stdout.decode(errors="replace")
 
 
-def run_harness(url: str, workdir: Path, seconds: int, rate: float | None = None) -> dict[str, Any]:
+def _harness(
+    url: str, workdir: Path, load: list[str], timeout: float, endpoint: str, container: str
+) -> dict[str, Any]:
     mix = workdir / "mix.yaml"
     (workdir / "body.json").write_bytes(BODY)
     mix.write_text(
-        "targets: [{container: model, payload: body.json, content_type: application/json}]\n"
+        f"targets: [{{container: {container}, payload: body.json, "
+        "content_type: application/json}]\n"
     )
     report = workdir / "harness.json"
-    load = ["--rate", f"{rate:g}"] if rate else ["--users", str(CONNECTIONS)]
     _run(
-        [sys.executable, "-m", "mce_router.loadtest", "--url", url, "--endpoint", ENDPOINT,
-         "--mix", str(mix), *load, "--duration", str(seconds), "--admin-url", "none",
-         "--sign", "off", "--quiet", "--report-json", str(report)],
-        seconds + 60,
+        [sys.executable, "-m", "mce_router.loadtest", "--url", url, "--endpoint", endpoint,
+         "--mix", str(mix), *load, "--admin-url", "none", "--sign", "off", "--quiet",
+         "--report-json", str(report)],
+        timeout,
     )  # fmt: skip
-    data = json.loads(report.read_text())
+    data: dict[str, Any] = json.loads(report.read_text())
+    return data
+
+
+def run_harness(
+    url: str,
+    workdir: Path,
+    seconds: int,
+    rate: float | None = None,
+    endpoint: str = ENDPOINT,
+    container: str = "model",
+) -> dict[str, Any]:
+    load = ["--rate", f"{rate:g}"] if rate else ["--users", str(CONNECTIONS)]
+    load += ["--duration", str(seconds)]
+    data = _harness(url, workdir, load, seconds + 60, endpoint, container)
     overall = data["overall"]
     return {
         "rps": overall["achieved_rps"],
@@ -95,19 +118,44 @@ def run_harness(url: str, workdir: Path, seconds: int, rate: float | None = None
     }
 
 
-def run_wrk(url: str, workdir: Path, seconds: int) -> dict[str, Any]:
+LIMIT_START, LIMIT_STEP, LIMIT_MAX, LIMIT_STEP_SECONDS = 4000, 4000, 80000, 2
+
+
+def run_harness_limit(url: str, workdir: Path) -> dict[str, Any]:
+    """The harness's find-the-limit mode against nginx, which serves far more than one harness
+    core sends: the search stops where the generator's own check fails, so its last passing
+    step is the highest open-loop rate one harness core keeps on schedule."""
+    steps = (LIMIT_MAX - LIMIT_START) // LIMIT_STEP + 1
+    load = ["--find-limit", "--endpoint-only", "--start-rate", str(LIMIT_START),
+            "--step", str(LIMIT_STEP), "--max-rate", str(LIMIT_MAX),
+            "--step-duration", str(LIMIT_STEP_SECONDS)]  # fmt: skip
+    data = _harness(url, workdir, load, steps * (LIMIT_STEP_SECONDS + 5) + 60, ENDPOINT, "model")
+    endpoint = data["limit"]["endpoint"]
+    return {
+        "rps": endpoint["max_rps"] or 0.0,
+        "stopped_by": endpoint["stopped_by"],
+        "steps": [
+            {k: step[k] for k in ("target_rps", "achieved_rps", "passed", "generator_valid")}
+            for step in endpoint["steps"]
+        ],
+    }
+
+
+def run_wrk(
+    url: str, workdir: Path, seconds: int, path: str = PATH, container: str = "model"
+) -> dict[str, Any]:
     script = workdir / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = '{BODY.decode()}'\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        'wrk.headers["X-Amzn-SageMaker-Target-Container-Hostname"] = "model"\n'
+        f'wrk.headers["X-Amzn-SageMaker-Target-Container-Hostname"] = "{container}"\n'
     )
     wrk = which("wrk")
     assert wrk is not None
     out = _run(
         [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script),
-         url + PATH],
+         url + path],
         seconds + 30,
     )  # fmt: skip
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -177,8 +225,10 @@ def main() -> int:
     nofile = raise_nofile_limit()
     runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in TOOLS}
     open_loop: list[dict[str, Any]] = []
+    limits: list[dict[str, Any]] = []
+    router_runs: dict[str, list[dict[str, Any]]] = {"wrk": [], "mce-router loadtest": []}
     with workspace() as (workdir, procs):
-        (port,) = free_ports(1)
+        port, origin_port, router_port, admin_port = free_ports(4)
         start_nginx(
             procs,
             "origin-nginx",
@@ -191,6 +241,30 @@ def main() -> int:
         )
         url = f"http://{HOST}:{port}"
         log(f"nginx on {url}, CPU {PROXY_CPU}; generators on CPU {LOAD_CPU}")
+        # The router's own core: as in benchmarks/run.py, the router alone on CPU 0 and its
+        # origin (a second nginx) on CPU 1 beside the generator.
+        start_nginx(
+            procs,
+            "router-origin-nginx",
+            "origin.conf.tmpl",
+            {
+                "LISTEN": f"        listen {HOST}:{origin_port} backlog=4096;",
+                "BODY": ORIGIN_BODY.decode(),
+            },
+            cpu=LOAD_CPU,
+            ping_port=origin_port,
+            ping_path="/ping",
+            nofile=nofile,
+        )
+        start_router(
+            procs,
+            "router",
+            router_config([origin_port], origin_port, endpoints=("direct",)),
+            port=router_port,
+            admin_port=admin_port,
+        )
+        router_url = f"http://{HOST}:{router_port}"
+        log(f"mce-router on {router_url}, CPU {PROXY_CPU}, origin nginx on CPU {LOAD_CPU}")
         for round_index in range(args.rounds):
             for tool in TOOLS:
                 result = RUNNERS[tool](url, workdir, args.seconds)
@@ -204,8 +278,27 @@ def main() -> int:
             result["target_rps"] = target
             open_loop.append(result)
             log(f"round {round_index + 1} open loop at {target:,.0f}/s: valid={result['valid']}")
+            limit = run_harness_limit(url, workdir)
+            limit["round"] = round_index
+            limits.append(limit)
+            log(f"round {round_index + 1} highest valid open-loop rate: {limit['rps']:,.0f}/s")
+            time.sleep(1)
+            wrk_router = run_wrk(
+                router_url, workdir, args.seconds, "/endpoints/direct/invocations", "origin"
+            )
+            harness_router = run_harness(
+                router_url, workdir, args.seconds, endpoint="direct", container="origin"
+            )
+            for tool, r in (("wrk", wrk_router), ("mce-router loadtest", harness_router)):
+                r["round"] = round_index
+                router_runs[tool].append(r)
+                log(f"round {round_index + 1} {tool} -> router: {r['rps']:,.0f} req/s")
+            time.sleep(1)
     medians = {tool: statistics.median(r["rps"] for r in rs) for tool, rs in runs.items()}
     harness = medians["mce-router loadtest"]
+    router_core = statistics.median(r["rps"] for r in router_runs["wrk"])
+    harness_at_router = statistics.median(r["rps"] for r in router_runs["mce-router loadtest"])
+    open_limit = statistics.median(r["rps"] for r in limits)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": {
@@ -221,6 +314,15 @@ def main() -> int:
         "open_loop": open_loop,
         "median_rps": medians,
         "harness_vs": {tool: harness / rps for tool, rps in medians.items() if rps},
+        "open_loop_limit": {"median_rps": open_limit, "runs": limits},
+        "router_core": {
+            "runs": router_runs,
+            "router_rps_with_wrk": router_core,
+            "router_rps_with_harness": harness_at_router,
+            "harness_closed_vs_router_core": harness / router_core,
+            "harness_open_vs_router_core": open_limit / router_core,
+            "harness_saturates_router": harness_at_router / router_core,
+        },
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.output}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -262,6 +364,42 @@ def render(result: dict[str, Any]) -> str:
             f"| {r['target_rps']:,.0f} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
             f"| {r['generator_cpu_percent']:.0f} % | {'yes' if r['valid'] else 'no'} |"
         )
+    limit = result["open_loop_limit"]
+    lines += [
+        "",
+        f"Highest valid open-loop rate (the harness's find-the-limit against nginx, steps of "
+        f"{LIMIT_STEP:,}/s for {LIMIT_STEP_SECONDS} s, stopped by its own lag/CPU check): "
+        f"median **{limit['median_rps']:,.0f} req/s** (rounds: "
+        + ", ".join(f"{r['rps']:,.0f} ({r['stopped_by']})" for r in limit["runs"])
+        + ").",
+    ]
+    core = result["router_core"]
+    lines += [
+        "",
+        f"One router core (mce-router serve on CPU {PROXY_CPU}, a second nginx and the "
+        f"generator on CPU {LOAD_CPU}), {CONNECTIONS} connections:",
+        "",
+        "| | req/s (median) | rounds |",
+        "| --- | --- | --- |",
+    ]
+    for tool, label in (("wrk", "wrk -> router"), ("mce-router loadtest", "harness -> router")):
+        rounds = ", ".join(f"{r['rps']:,.0f}" for r in core["runs"][tool])
+        median = statistics.median(r["rps"] for r in core["runs"][tool])
+        lines.append(f"| {label} | {median:,.0f} | {rounds} |")
+    lines += [
+        "",
+        f"One harness core vs one router core: closed loop "
+        f"{core['harness_closed_vs_router_core']:.2f}x, open loop (highest valid rate) "
+        f"{core['harness_open_vs_router_core']:.2f}x; driving the router, the harness reaches "
+        f"{core['harness_saturates_router']:.2f}x of the rate wrk gets from it. The issue asks "
+        f">= 1.00x: "
+        + (
+            "met."
+            if min(core["harness_closed_vs_router_core"], core["harness_open_vs_router_core"])
+            >= 1.0
+            else "not met by one harness core; use --processes N or Locust's distributed mode."
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
