@@ -19,3 +19,9 @@ def verdict(data: dict[str, Any]) -> str:
 def limit_entries(limit: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """Find-the-limit results in display order: the endpoint's mix, then each container alone."""
     return [("endpoint (mix)", limit["endpoint"]), *limit["containers"].items()]
+
+
+def thresholds_text(thresholds: dict[str, Any], at_most: str = "<=") -> str:
+    """The find-the-limit thresholds that were set, as ``p99_ms <= 50, error_rate <= 0.01``."""
+    parts = [f"{k} {at_most} {v:g}" for k, v in thresholds.items() if v is not None]
+    return ", ".join(parts) or "none"

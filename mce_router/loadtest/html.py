@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .document import limit_entries, verdict
+from .document import limit_entries, thresholds_text, verdict
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 WIDTH, HEIGHT = 560, 230
@@ -145,7 +145,7 @@ def _stats_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 
 def _limit_section(limit: dict[str, Any]) -> str:
-    thresholds = ", ".join(f"{k} ≤ {v:g}" for k, v in limit["thresholds"].items() if v is not None)
+    thresholds = thresholds_text(limit["thresholds"], "≤")
     rows = []
     series: list[Series] = []
     for name, entry in limit_entries(limit):

@@ -11,7 +11,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from .document import limit_entries, verdict
+from .document import limit_entries, thresholds_text, verdict
 from .html import render
 
 SCHEMA = "mce-router-loadtest/1"
@@ -130,7 +130,7 @@ class Report:
             lines.append(f"router metrics: {router['error']}")
         limit = self.data.get("limit")
         if limit:
-            lines.append(f"find-the-limit ({_thresholds(limit['thresholds'])}):")
+            lines.append(f"find-the-limit ({thresholds_text(limit['thresholds'])}):")
             for name, entry in limit_entries(limit):
                 best = entry["max_rps"]
                 lines.append(
@@ -153,8 +153,3 @@ class Report:
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _thresholds(t: dict[str, Any]) -> str:
-    parts = [f"{k} <= {v:g}" for k, v in t.items() if v is not None]
-    return ", ".join(parts) or "none"
