@@ -18,6 +18,7 @@ from .aio import finished_before
 from .config import RouterConfig
 from .dataplane.allocator import tune_allocator
 from .errors import ConfigError, RouterError
+from .loadtest import cli as loadtest_cli
 from .router import Router
 from .security import TARGET_CONTAINER_KEY, AuthzRequest, PolicySet
 from .security.config import load_policy_file
@@ -69,6 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_policy_parser(commands)
     _add_check_parser(commands)
+    loadtest_cli.register(commands)
     return parser
 
 
@@ -429,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _policy_simulate(args)
     if args.command == "check":
         return _check(args, command)
+    if args.command == "loadtest":
+        return loadtest_cli.run(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

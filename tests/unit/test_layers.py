@@ -18,6 +18,10 @@ PACKAGE = Path(mce_router.__file__).resolve().parent
 #: layer, packages may import each other only without a cycle.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "arns", "aio", "examples"),  # leaves
+    # The load-test harness is a client of any SageMaker-compatible runtime (this router, a
+    # container, real SageMaker): it speaks HTTP and reads /metrics, so it needs none of the
+    # router's modules, and this low layer keeps it that way. Only the cli imports it.
+    ("loadtest",),
     ("shapes", "spec", "security"),  # reading request bodies, their shapes; SigV4 and IAM
     ("config",),  # the router config (its auth section is security's)
     ("runtime", "dataplane", "metrics"),  # containers; the hot path; metrics of both
