@@ -150,6 +150,7 @@ class Router:
             account_id=config.account_id,
             guard=self.guard,
             answers=self.metrics.answers if self.metrics is not None else None,
+            sample_new_traces=config.tracing.sample_new_traces,
         )
         stack.callback(server.close)  # its sweeper timer must not outlive the router
         stack.callback(server.abort_all)
