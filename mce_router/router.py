@@ -48,6 +48,7 @@ from .metrics import RouterMetrics
 from .runtime import ContainerRuntime, ImageRuntime
 from .security import Guard
 from .spec import EndpointConfigSpec, ModelSpec
+from .tracing import TracingHooks, build_hooks
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,19 @@ class Router:
         or a fake in tests) here.
     """
 
-    def __init__(self, config: RouterConfig, *, runtime: ContainerRuntime | None = None) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        runtime: ContainerRuntime | None = None,
+        tracer_provider: Any = None,
+    ) -> None:
         self.config = config
+        #: An OpenTelemetry TracerProvider for the request and container-call spans, instead
+        #: of the OTLP exporter ``config.tracing`` describes (which is then not needed).
+        self._tracer_provider = tracer_provider
+        #: Spans and the hop log; None when ``config.tracing`` asks for neither.
+        self.tracing: TracingHooks | None = None
         self._runtime_override = runtime
         self._arns = Arns(config.region, config.account_id)
         self._running: _Running | None = None
@@ -144,12 +156,22 @@ class Router:
         if runtime is None:
             runtime = ImageRuntime(config.images, config.process, config.state_dir)
             stack.push_async_callback(runtime.aclose)
+        hooks = self.tracing = build_hooks(
+            config.tracing,
+            auth_enabled=self.guard is not None,
+            tracer_provider=self._tracer_provider,
+        )
+        if hooks is not None and hooks.otel is not None:
+            # Last at stop: the final spans are exported (off the loop: it may wait on the
+            # network up to the exporter's timeout).
+            stack.push_async_callback(asyncio.to_thread, hooks.otel.close)
         server = RuntimeServer(
             config.limits,
             loop,
             account_id=config.account_id,
             guard=self.guard,
             answers=self.metrics.answers if self.metrics is not None else None,
+            hooks=hooks,
             sample_new_traces=config.tracing.sample_new_traces,
         )
         stack.callback(server.close)  # its sweeper timer must not outlive the router
@@ -195,6 +217,8 @@ class Router:
                 self.metrics,
                 namespaces,
                 self.readiness,
+                hop_log=hooks.hop_log if hooks is not None else None,
+                guard=self.guard,
             ).build(),
             access_log=None,
             handle_signals=False,

@@ -168,6 +168,17 @@ def validate_output(client: Any, operation: str, response: dict[str, Any]) -> No
 FAST_WAITER = {"Delay": 0.1, "MaxAttempts": 300}
 
 
+def send_extra_headers(client: Any, extra: Mapping[str, str]) -> None:
+    """Send ``extra`` with every InvokeEndpoint of ``client`` (boto3 has no parameter for
+    headers such as W3C's traceparent)."""
+
+    def add(request: Any, **_: Any) -> None:
+        for name, value in extra.items():
+            request.headers[name] = value
+
+    client.meta.events.register("before-sign.sagemaker-runtime.InvokeEndpoint", add)
+
+
 async def call(function: Callable[..., Any], **kwargs: Any) -> Any:
     """One blocking boto3 call, in a thread so the router keeps running in this loop."""
     return await asyncio.to_thread(function, **kwargs)

@@ -660,7 +660,7 @@ class Invocation:
         self.keep_alive = keep_alive
         self.received_at = received_at
         #: ``traceparent`` (and ``tracestate``) lines sent to every container: the client's,
-        #: or the trace the router started for this request.
+        #: or (given b"") the trace the router starts for this request in start().
         self.trace_block = trace_block
         self.hooks: InvocationHooks | None = client.server.hooks
         self.hook_state: object = None
@@ -684,7 +684,9 @@ class Invocation:
 
     def start(self, now: float) -> None:
         if self.hooks is not None:
-            self.hooks.started(self)
+            self.hooks.started(self)  # (spans: may start the trace, with the span's own id)
+        if not self.trace_block:
+            self.trace_block = self.client.server.new_trace_block()
         self._call_stage(now)
 
     @property
@@ -1516,7 +1518,7 @@ class ClientConnection(asyncio.Protocol):
             body_size,
             keep_alive,
             received_at,
-            headers.trace_block or self.server.new_trace_block(),
+            headers.trace_block,
         )
         self.current = invocation
         variant.in_flight += 1

@@ -16,6 +16,7 @@ from conftest import (
     multi_model,
     running_router,
     runtime_client,
+    send_extra_headers,
 )
 
 from mce_router.config import TracingSettings
@@ -32,16 +33,6 @@ def _trace_headers(report: dict[str, Any]) -> dict[str, list[str]]:
     return found
 
 
-def _add_headers(client: Any, extra: dict[str, str]) -> None:
-    """Send ``extra`` with every InvokeEndpoint (boto3 has no parameter for them)."""
-
-    def add(request: Any, **_: Any) -> None:
-        for name, value in extra.items():
-            request.headers[name] = value
-
-    client.meta.events.register("before-sign.sagemaker-runtime.InvokeEndpoint", add)
-
-
 async def test_serial_forwards_the_client_traceparent_to_every_stage(config_factory: Any) -> None:
     model = multi_model(
         "traced", [container("first"), container("second"), container("third")], "Serial"
@@ -49,7 +40,7 @@ async def test_serial_forwards_the_client_traceparent_to_every_stage(config_fact
     async with running_router(config_factory()) as router:
         endpoint = await deploy(router, model)
         with closing(runtime_client(router)) as client:
-            _add_headers(client, {"traceparent": TRACEPARENT, "tracestate": "vendor=opaque"})
+            send_extra_headers(client, {"traceparent": TRACEPARENT, "tracestate": "vendor=opaque"})
             response = await invoke(
                 client, EndpointName=endpoint, CustomAttributes="action=headers", Body=b"x"
             )
@@ -72,7 +63,7 @@ async def test_direct_starts_a_trace_when_none_or_a_malformed_one_is_sent(
         seen: list[str] = []
         for extra in ({}, {}, {"traceparent": "00-zz-bad", "tracestate": "leak=1"}):
             with closing(runtime_client(router)) as client:
-                _add_headers(client, extra)
+                send_extra_headers(client, extra)
                 response = await invoke(
                     client,
                     EndpointName=endpoint,

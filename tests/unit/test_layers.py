@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("shapes", "spec", "security"),  # reading request bodies, their shapes; SigV4 and IAM
     ("config",),  # the router config (its auth section is security's)
     ("runtime", "dataplane", "metrics"),  # containers; the hot path; metrics of both
+    ("tracing",),  # spans and the hop log, on the hot path's hooks
     ("control",),  # state file, models and endpoint configs, statuses, listing
     ("endpoints",),  # endpoint state machine, fleets, health checks, restart recovery
     ("admin",),  # the admin listener: aiohttp app and the JSON 1.1 control plane
