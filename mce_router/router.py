@@ -19,8 +19,9 @@ import contextlib
 import errno
 import logging
 import os
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -243,6 +244,16 @@ class Router:
                 name="resource usage sampler",
             )
             stack.push_async_callback(cancelled, sampler)
+            if config.metrics.emf_enabled:
+                write, close = _emf_output(config.metrics.emf_path)
+                stack.callback(close)
+                emf = loop.create_task(
+                    self.metrics.run_emf_writer(
+                        write, config.metrics.emf_interval_seconds, namespaces
+                    ),
+                    name="CloudWatch EMF writer",
+                )
+                stack.push_async_callback(cancelled, emf)
         return self._running
 
     async def _close_runtime_listener(
@@ -422,6 +433,30 @@ def _listening(what: str, host: str, port: int, setting: str) -> Iterator[None]:
         raise RouterStartupError(
             f"{what} listener: cannot listen on {host}:{port}: {reason}{hint}"
         ) from exc
+
+
+def _emf_output(path: str) -> tuple[Callable[[str], None], Callable[[], None]]:
+    """Where EMF lines go: ``-`` is stdout (a container's log, which the CloudWatch agent or
+    the awslogs driver ships), anything else a file appended to (the agent tails it)."""
+    if path == "-":
+
+        def write_stdout(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        return write_stdout, lambda: None
+    try:
+        handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by the exit stack)
+    except OSError as exc:
+        raise ConfigError(
+            f"config.metrics.emf_path: cannot open {path} for appending: {exc.strerror}"
+        ) from exc
+
+    def write_file(text: str) -> None:
+        handle.write(text)
+        handle.flush()
+
+    return write_file, handle.close
 
 
 def _check_listener_security(config: RouterConfig) -> None:
