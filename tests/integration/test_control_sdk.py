@@ -112,6 +112,9 @@ async def _deploy_and_predict(config_factory: Any, monkeypatch: pytest.MonkeyPat
                     deserializer=CSVDeserializer(),
                 )
                 first = predictor.predict([[1, 2, 3], [4, 5, 6]])
+                # Lineage (DescribeEndpoint, then ListContexts by the endpoint's ARN): the
+                # router keeps none, so the SDK finds no context rather than failing.
+                assert predictor.endpoint_context() is None
                 # The SDK copies the endpoint config (DescribeEndpointConfig, ListTags of it,
                 # CreateEndpointConfig) and updates the endpoint to the copy.
                 predictor.update_endpoint(
@@ -128,7 +131,7 @@ async def _deploy_and_predict(config_factory: Any, monkeypatch: pytest.MonkeyPat
         # preprocess -> model (weights 0.5, 0.25, 0.125) -> postprocess, as in the quickstart.
         assert prediction == [["1.375", "positive"], ["4.0", "positive"]]
         assert operations[:3] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
-        assert {"ListTags", "UpdateEndpoint"} <= set(operations[3:])
+        assert {"ListContexts", "ListTags", "UpdateEndpoint"} <= set(operations[3:])
         serving = router.describe_endpoint("sdk-endpoint")["EndpointConfigName"]
         assert serving != "sdk-endpoint"  # the SDK's copy of the config serves
         described = router.describe_model("sdk-pipeline")
