@@ -7,10 +7,12 @@ import contextlib
 import json
 import os
 import socket
+import socketserver
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +336,24 @@ async def wait_no_live_processes(pids: set[int], timeout: float = 5.0) -> None:
         return not live_processes(pids)
 
     await wait_until(gone, timeout, f"processes {sorted(live_processes(pids))} to exit")
+
+
+@contextmanager
+def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
+    """A real listener on loopback standing in for an HTTP proxy: it records the first line of
+    every request sent to it (``CONNECT host:443 ...``) and closes, so nothing goes further."""
+    seen: list[bytes] = []
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            seen.append(self.rfile.readline(4096).strip())
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)

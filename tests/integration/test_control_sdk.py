@@ -14,16 +14,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-import socketserver
-import threading
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
-from conftest import FAST_WAITER, running_router
+from conftest import FAST_WAITER, recording_proxy, running_router
 
 ROLE = "arn:aws:iam::000000000000:role/x"
 
@@ -49,7 +46,7 @@ async def test_sdk_pipeline_model_deploys_and_predicts(
     # Any client the SDK builds on its own (STS, S3, ...) gets a port that refuses.
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with _recording_proxy() as (proxy_url, outside):
+    with recording_proxy() as (proxy_url, outside):
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             monkeypatch.setenv(name, proxy_url)
         for name in ("NO_PROXY", "no_proxy"):
@@ -142,24 +139,3 @@ async def _deploy_and_predict(config_factory: Any, monkeypatch: pytest.MonkeyPat
             "example/postprocess:latest",
         ]
         assert described["ExecutionRoleArn"] == ROLE
-
-
-@contextmanager
-def _recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
-    """A real listener on loopback standing in for an HTTP proxy: it records the first line of
-    every request sent to it (``CONNECT host:443 ...``) and closes, so nothing goes further."""
-    seen: list[bytes] = []
-
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self) -> None:
-            seen.append(self.rfile.readline(4096).strip())
-
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}", seen
-        finally:
-            server.shutdown()
-            thread.join(timeout=5)
