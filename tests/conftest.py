@@ -357,3 +357,30 @@ def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
         finally:
             server.shutdown()
             thread.join(timeout=5)
+
+
+@contextmanager
+def nothing_leaves_the_machine(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """An environment without the caller's AWS settings in which any AWS client built without
+    an explicit endpoint (STS, S3, ...) gets a loopback port that refuses, and every client that
+    honours the proxy variables goes to :func:`recording_proxy`. Yields what reached the proxy;
+    fails on leaving if anything did."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with recording_proxy() as (proxy_url, outside):
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            monkeypatch.setenv(name, proxy_url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(name, "127.0.0.1,localhost")
+        yield outside
+    assert outside == [], f"the SDK tried to reach {outside}"
+
+
+async def headers_report(client: Any, **kwargs: Any) -> dict[str, Any]:
+    """What a fault container received for one InvokeEndpoint (its ``action=headers`` report)."""
+    response = await invoke(client, CustomAttributes="action=headers", Body=b"x", **kwargs)
+    report: dict[str, Any] = json.loads(response["Body"])
+    return report

@@ -16,6 +16,7 @@ from conftest import (
     container,
     deploy,
     direct_model,
+    headers_report,
     invoke,
     multi_model,
     runtime_client,
@@ -150,14 +151,10 @@ async def test_spans_reach_a_real_otlp_receiver(config_factory: Any, otlp_receiv
     async with Router(config_factory(tracing=tracing)) as router:
         endpoint = await deploy(router, direct_model("otlp", ["alpha"]))
         with closing(runtime_client(router)) as client:
-            response = await invoke(
-                client,
-                EndpointName=endpoint,
-                TargetContainerHostname="alpha",
-                CustomAttributes="action=headers",
-                Body=b"x",
+            report = await headers_report(
+                client, EndpointName=endpoint, TargetContainerHostname="alpha"
             )
-        sent = _traceparent(json.loads(response["Body"]))
+        sent = _traceparent(report)
     # Stopping the router flushed the batch processor into the receiver.
     assert receiver.content_types and set(receiver.content_types) == {"application/x-protobuf"}
     by_kind = {span.kind: span for span in receiver.spans}
