@@ -121,6 +121,40 @@ class MetricsSettings:
     #: CloudWatch reserves ``AWS/`` namespaces for AWS itself, so the ready-to-send
     #: PutMetricData requests publish the ``AWS/SageMaker`` metrics under this namespace.
     cloudwatch_sagemaker_namespace: str = "MceRouter/SageMaker"
+    #: CloudWatch Embedded Metric Format: every finished minute's datums as JSON log lines
+    #: (the CloudWatch agent turns them into metrics), written to ``emf_path`` ("-": stdout).
+    emf_enabled: bool = False
+    emf_path: str = "-"
+    #: How often finished minutes are looked for and written.
+    emf_interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """W3C trace context, OpenTelemetry spans and the hop log (README "Tracing")."""
+
+    #: The trace-flags of a trace the router starts for a request that brought no valid
+    #: ``traceparent``: sampled (01) or not (00). A client's traceparent is forwarded as sent.
+    sample_new_traces: bool = True
+    #: A span per request and per container call, exported over OTLP/HTTP (needs the
+    #: ``otel`` extra: ``pip install 'mce-router[otel]'``).
+    otel_enabled: bool = False
+    otel_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    otel_service_name: str = "mce-router"
+    #: The admin port's ``GET /hop-log``: the last ``hop_log_size`` failing Serial requests,
+    #: every stage's status, latency, size and content type.
+    hop_log_enabled: bool = False
+    hop_log_size: int = 100
+    #: Also keep the failing stage's input (its first ``hop_log_input_max_bytes`` bytes).
+    #: Request data can be sensitive: off by default, and with authentication on it is kept
+    #: only when ``hop_log_capture_input_with_auth`` also says so.
+    hop_log_capture_input: bool = False
+    hop_log_input_max_bytes: int = 4096
+    hop_log_capture_input_with_auth: bool = False
+
+    @property
+    def hooks_enabled(self) -> bool:
+        return self.otel_enabled or self.hop_log_enabled
 
 
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -176,6 +210,7 @@ class RouterConfig:
     health: HealthSettings = field(default_factory=HealthSettings)
     process: ProcessSettings = field(default_factory=ProcessSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     state_dir: Path = Path("mce-state")
     #: The SQLite file holding models, endpoint configs and endpoints; None means
     #: ``<state_dir>/state.db``.
@@ -212,6 +247,7 @@ class RouterConfig:
             "health",
             "process",
             "metrics",
+            "tracing",
             "auth",
             "state_dir",
             "state_file",
@@ -230,6 +266,7 @@ class RouterConfig:
             "health": _section(HealthSettings, raw.get("health"), "health"),
             "process": _section(ProcessSettings, raw.get("process"), "process"),
             "metrics": _section(MetricsSettings, raw.get("metrics"), "metrics"),
+            "tracing": _section(TracingSettings, raw.get("tracing"), "tracing"),
         }
         listener = kwargs["listener"]
         for key in ("tls_cert_file", "tls_key_file"):
@@ -290,7 +327,15 @@ def _validate_tls(listener: Listener) -> None:
     listener.ssl_context()  # the files load now, not when the first client connects
 
 
-_Section = TypeVar("_Section", Listener, Limits, HealthSettings, ProcessSettings, MetricsSettings)
+_Section = TypeVar(
+    "_Section",
+    Listener,
+    Limits,
+    HealthSettings,
+    ProcessSettings,
+    MetricsSettings,
+    TracingSettings,
+)
 
 
 def _section(cls: type[_Section], raw: Any, name: str) -> _Section:
@@ -429,10 +474,15 @@ def _validate(config: RouterConfig) -> None:
         "process.safe_port_range_blocks": config.process.safe_port_range_blocks,
         "process.bind_port_range_size": config.process.bind_port_range_size,
         "metrics.usage_sample_seconds": config.metrics.usage_sample_seconds,
+        "metrics.emf_interval_seconds": config.metrics.emf_interval_seconds,
+        "tracing.hop_log_size": config.tracing.hop_log_size,
     }
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config.{name}: must be greater than 0 (got {value})")
+    _validate_tracing(config.tracing)
+    if not config.metrics.emf_path:
+        raise ConfigError('config.metrics.emf_path: must name a file, or "-" for stdout')
     if limits.max_running_containers < 1:
         raise ConfigError("config.limits.max_running_containers: must be at least 1")
     if limits.drain_timeout_seconds < 0:
@@ -463,3 +513,20 @@ def _validate(config: RouterConfig) -> None:
             f"config.process: the bind port range {bind_start}..{bind_end - 1} overlaps the safe "
             f"port ranges {config.process.safe_port_range_start}..{end - 1}; move one of them"
         )
+
+
+def _validate_tracing(tracing: TracingSettings) -> None:
+    if not 0 <= tracing.hop_log_input_max_bytes <= MIB:
+        raise ConfigError(
+            "config.tracing.hop_log_input_max_bytes: must be 0..1048576 (the hop log holds "
+            f"hop_log_size of them in memory; got {tracing.hop_log_input_max_bytes})"
+        )
+    if tracing.otel_enabled:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(tracing.otel_endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                "config.tracing.otel_endpoint: must be an OTLP/HTTP URL such as "
+                f"http://127.0.0.1:4318/v1/traces (got {tracing.otel_endpoint!r})"
+            )

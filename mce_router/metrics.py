@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psutil
 from prometheus_client.core import (
     CollectorRegistry,
@@ -273,6 +274,36 @@ class RouterMetrics(Collector):
             # psutil reads /proc synchronously; a thread keeps the event loop free.
             await asyncio.to_thread(self.sample_usage, list(sources()))
             await asyncio.sleep(interval)
+
+    async def run_emf_writer(
+        self, write: Callable[[str], None], interval: float, namespaces: dict[str, str]
+    ) -> None:
+        """Every ``interval`` seconds, the minutes finished since the last write as EMF lines
+        (:func:`emf_lines`); once cancelled (the router stops), the unfinished minute too."""
+        since: float | None = None
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                since = self._write_emf(write, namespaces, since, include_current=False)
+        finally:
+            self._write_emf(write, namespaces, since, include_current=True)
+
+    def _write_emf(
+        self,
+        write: Callable[[str], None],
+        namespaces: dict[str, str],
+        since: float | None,
+        *,
+        include_current: bool,
+    ) -> float | None:
+        """Write the datums from ``since`` on; returns where the next write starts."""
+        datums = self.cloudwatch_datums(include_current=include_current, since=since)
+        lines = emf_lines(datums, namespaces)
+        if lines:
+            write("".join(line + "\n" for line in lines))
+        if datums:
+            return float(max(d["Timestamp"] for d in datums) + 60)
+        return since
 
     # Prometheus
     def prometheus_text(self) -> bytes:
@@ -523,3 +554,54 @@ def put_metric_data_requests(
         for namespace, items in grouped.items()
         for i in range(0, len(items), batch)
     ]
+
+
+#: Metrics whose one EMF value is the minute's sum (a count, as SageMaker's Sum statistic of
+#: them); the others' is the minute's average (emf_lines).
+_COUNTED = frozenset(
+    {"Invocations", "Invocation4XXErrors", "Invocation5XXErrors", "RejectedRequests"}
+)
+
+
+def emf_lines(datums: list[dict[str, Any]], namespaces: dict[str, str]) -> list[str]:
+    """CloudWatch Embedded Metric Format documents (one JSON line each) of PutMetricData
+    datums: the same namespaces (renamed as in :func:`put_metric_data_requests`), metric names,
+    dimensions, units and minutes. One document per namespace, dimension set and minute.
+
+    EMF carries values, not statistic sets: a count metric's value is the minute's sum, any
+    other's the minute's average, with its SampleCount, Minimum and Maximum kept beside it as
+    plain members (``<Metric>.SampleCount``, ...) for CloudWatch Logs Insights."""
+    documents: dict[tuple[str, tuple[tuple[str, str], ...], int], dict[str, Any]] = {}
+    for datum in datums:
+        namespace = namespaces.get(datum["Namespace"], datum["Namespace"])
+        dims = tuple((d["Name"], d["Value"]) for d in datum["Dimensions"])
+        key = (namespace, dims, int(datum["Timestamp"]))
+        document = documents.get(key)
+        if document is None:
+            document = documents[key] = {
+                "_aws": {
+                    "Timestamp": int(datum["Timestamp"]) * 1000,
+                    "CloudWatchMetrics": [
+                        {
+                            "Namespace": namespace,
+                            "Dimensions": [[name for name, _ in dims]],
+                            "Metrics": [],
+                        }
+                    ],
+                },
+                **dict(dims),
+            }
+        name = datum["MetricName"]
+        stats = datum["StatisticValues"]
+        document["_aws"]["CloudWatchMetrics"][0]["Metrics"].append(
+            {"Name": name, "Unit": datum["Unit"]}
+        )
+        if name in _COUNTED:
+            document[name] = stats["Sum"]
+        else:
+            count = stats["SampleCount"]
+            document[name] = stats["Sum"] / count if count else 0.0
+            document[f"{name}.SampleCount"] = count
+            document[f"{name}.Minimum"] = stats["Minimum"]
+            document[f"{name}.Maximum"] = stats["Maximum"]
+    return [orjson.dumps(document).decode() for document in documents.values()]

@@ -19,8 +19,9 @@ import contextlib
 import errno
 import logging
 import os
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +49,7 @@ from .metrics import RouterMetrics
 from .runtime import ContainerRuntime, ImageRuntime
 from .security import Guard
 from .spec import EndpointConfigSpec, ModelSpec
+from .tracing import TracingHooks, build_hooks
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,19 @@ class Router:
         or a fake in tests) here.
     """
 
-    def __init__(self, config: RouterConfig, *, runtime: ContainerRuntime | None = None) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        runtime: ContainerRuntime | None = None,
+        tracer_provider: Any = None,
+    ) -> None:
         self.config = config
+        #: An OpenTelemetry TracerProvider for the request and container-call spans, instead
+        #: of the OTLP exporter ``config.tracing`` describes (which is then not needed).
+        self._tracer_provider = tracer_provider
+        #: Spans and the hop log; None when ``config.tracing`` asks for neither.
+        self.tracing: TracingHooks | None = None
         self._runtime_override = runtime
         self._arns = Arns(config.region, config.account_id)
         self._running: _Running | None = None
@@ -144,12 +157,23 @@ class Router:
         if runtime is None:
             runtime = ImageRuntime(config.images, config.process, config.state_dir)
             stack.push_async_callback(runtime.aclose)
+        hooks = self.tracing = build_hooks(
+            config.tracing,
+            auth_enabled=self.guard is not None,
+            tracer_provider=self._tracer_provider,
+        )
+        if hooks is not None and hooks.otel is not None:
+            # Last at stop: the final spans are exported (off the loop: it may wait on the
+            # network up to the exporter's timeout).
+            stack.push_async_callback(asyncio.to_thread, hooks.otel.close)
         server = RuntimeServer(
             config.limits,
             loop,
             account_id=config.account_id,
             guard=self.guard,
             answers=self.metrics.answers if self.metrics is not None else None,
+            hooks=hooks,
+            sample_new_traces=config.tracing.sample_new_traces,
         )
         stack.callback(server.close)  # its sweeper timer must not outlive the router
         stack.callback(server.abort_all)
@@ -196,6 +220,8 @@ class Router:
                 self.metrics,
                 namespaces,
                 self.readiness,
+                hop_log=hooks.hop_log if hooks is not None else None,
+                guard=self.guard,
             ).build(),
             access_log=None,
             handle_signals=False,
@@ -224,6 +250,16 @@ class Router:
                 name="resource usage sampler",
             )
             stack.push_async_callback(cancelled, sampler)
+            if config.metrics.emf_enabled:
+                write, close = _emf_output(config.metrics.emf_path)
+                stack.callback(close)
+                emf = loop.create_task(
+                    self.metrics.run_emf_writer(
+                        write, config.metrics.emf_interval_seconds, namespaces
+                    ),
+                    name="CloudWatch EMF writer",
+                )
+                stack.push_async_callback(cancelled, emf)
         return self._running
 
     async def _close_runtime_listener(
@@ -406,6 +442,30 @@ def _listening(what: str, host: str, port: int, setting: str) -> Iterator[None]:
         raise RouterStartupError(
             f"{what} listener: cannot listen on {host}:{port}: {reason}{hint}"
         ) from exc
+
+
+def _emf_output(path: str) -> tuple[Callable[[str], None], Callable[[], None]]:
+    """Where EMF lines go: ``-`` is stdout (a container's log, which the CloudWatch agent or
+    the awslogs driver ships), anything else a file appended to (the agent tails it)."""
+    if path == "-":
+
+        def write_stdout(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        return write_stdout, lambda: None
+    try:
+        handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by the exit stack)
+    except OSError as exc:
+        raise ConfigError(
+            f"config.metrics.emf_path: cannot open {path} for appending: {exc.strerror}"
+        ) from exc
+
+    def write_file(text: str) -> None:
+        handle.write(text)
+        handle.flush()
+
+    return write_file, handle.close
 
 
 def _check_listener_security(config: RouterConfig) -> None:

@@ -7,10 +7,12 @@ import contextlib
 import json
 import os
 import socket
+import socketserver
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +170,17 @@ def validate_output(client: Any, operation: str, response: dict[str, Any]) -> No
 FAST_WAITER = {"Delay": 0.1, "MaxAttempts": 300}
 
 
+def send_extra_headers(client: Any, extra: Mapping[str, str]) -> None:
+    """Send ``extra`` with every InvokeEndpoint of ``client`` (boto3 has no parameter for
+    headers such as W3C's traceparent)."""
+
+    def add(request: Any, **_: Any) -> None:
+        for name, value in extra.items():
+            request.headers[name] = value
+
+    client.meta.events.register("before-sign.sagemaker-runtime.InvokeEndpoint", add)
+
+
 async def call(function: Callable[..., Any], **kwargs: Any) -> Any:
     """One blocking boto3 call, in a thread so the router keeps running in this loop."""
     return await asyncio.to_thread(function, **kwargs)
@@ -323,3 +336,51 @@ async def wait_no_live_processes(pids: set[int], timeout: float = 5.0) -> None:
         return not live_processes(pids)
 
     await wait_until(gone, timeout, f"processes {sorted(live_processes(pids))} to exit")
+
+
+@contextmanager
+def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
+    """A real listener on loopback standing in for an HTTP proxy: it records the first line of
+    every request sent to it (``CONNECT host:443 ...``) and closes, so nothing goes further."""
+    seen: list[bytes] = []
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            seen.append(self.rfile.readline(4096).strip())
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)
+
+
+@contextmanager
+def nothing_leaves_the_machine(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """An environment without the caller's AWS settings in which any AWS client built without
+    an explicit endpoint (STS, S3, ...) gets a loopback port that refuses, and every client that
+    honours the proxy variables goes to :func:`recording_proxy`. Yields what reached the proxy;
+    fails on leaving if anything did."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with recording_proxy() as (proxy_url, outside):
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            monkeypatch.setenv(name, proxy_url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(name, "127.0.0.1,localhost")
+        yield outside
+    assert outside == [], f"the SDK tried to reach {outside}"
+
+
+async def headers_report(client: Any, **kwargs: Any) -> dict[str, Any]:
+    """What a fault container received for one InvokeEndpoint (its ``action=headers`` report)."""
+    response = await invoke(client, CustomAttributes="action=headers", Body=b"x", **kwargs)
+    report: dict[str, Any] = json.loads(response["Body"])
+    return report

@@ -1,6 +1,7 @@
 """The admin listener's aiohttp app: the control plane at ``POST /`` (SageMaker's JSON 1.1, and
 STS GetCallerIdentity for form-encoded bodies), ``GET /ping``, the Prometheus text at
-``GET /metrics`` and the CloudWatch datums at ``GET /metrics/cloudwatch``.
+``GET /metrics``, the CloudWatch datums at ``GET /metrics/cloudwatch`` and the hop log of
+failing Serial requests at ``GET /hop-log`` (when configured).
 
 One route per handler method of :class:`AdminApp`; :meth:`AdminApp.build` is the one place the
 routes and the body limit are set.
@@ -14,7 +15,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..errors import RouterError, wire_error
 from ..metrics import RouterMetrics, put_metric_data_requests
+from ..security import Guard
+from ..tracing import HopLog
 from .sts import is_sts_request
 
 #: The admin app's ``client_max_size``: larger control-plane bodies are refused unread.
@@ -35,6 +39,9 @@ class AdminApp:
     :param cloudwatch_namespaces: namespace renames for ``?format=put-metric-data``.
     :param readiness: what ``GET /ready`` reports (``/ping`` is liveness: 200 while the
         process serves at all).
+    :param hop_log: what ``GET /hop-log`` serves; None: 404.
+    :param guard: with authentication on, ``GET /hop-log`` must be SigV4-signed (service
+        ``sagemaker``) and allowed ``sagemaker:GetHopLog``, as the control plane's calls are.
     """
 
     def __init__(
@@ -44,7 +51,12 @@ class AdminApp:
         metrics: RouterMetrics | None,
         cloudwatch_namespaces: Mapping[str, str],
         readiness: Readiness,
+        *,
+        hop_log: HopLog | None = None,
+        guard: Guard | None = None,
     ) -> None:
+        self._hop_log = hop_log
+        self._guard = guard
         self._control_plane = control_plane
         self._sts = sts
         self._readiness = readiness
@@ -60,6 +72,7 @@ class AdminApp:
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/metrics/cloudwatch", self.cloudwatch)
+        app.router.add_get("/hop-log", self.hop_log)
         return app
 
     async def post_root(self, request: web.Request) -> web.StreamResponse:
@@ -110,4 +123,29 @@ class AdminApp:
             }
         else:
             payload = {"MetricData": datums}
+        return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+    async def hop_log(self, request: web.Request) -> web.Response:
+        """The last failing Serial requests, oldest first: ``{"size", "recorded", "entries"}``."""
+        if self._hop_log is None:
+            raise web.HTTPNotFound(
+                text="the hop log is off (config tracing.hop_log_enabled: false)\n"
+            )
+        guard = self._guard
+        if guard is not None:
+            path, _, query = request.raw_path.partition("?")
+            try:
+                credential = guard.authenticate(
+                    request.method, path.encode(), query.encode(), request.raw_headers, b""
+                )
+                guard.authorize_operation(credential, "GetHopLog", {})
+            except RouterError as exc:
+                error = wire_error(exc, "control")
+                return web.Response(
+                    status=error.status,
+                    body=orjson.dumps({"__type": error.code, "message": error.message}),
+                    content_type="application/x-amz-json-1.1",
+                )
+        log = self._hop_log
+        payload = {"size": log.size, "recorded": log.recorded, "entries": log.entries()}
         return web.Response(body=orjson.dumps(payload), content_type="application/json")

@@ -40,8 +40,8 @@ Operation = Callable[[Params], Awaitable[dict[str, Any]]]
 
 class ControlApi:
     """Maps the thirteen model / endpoint config / endpoint operations to the catalog (models,
-    endpoint configs) and the endpoint manager, and the three tag operations to the tagging;
-    :meth:`handle` is the ``POST /`` handler."""
+    endpoint configs) and the endpoint manager, the three tag operations to the tagging, and
+    ListContexts to its empty answer; :meth:`handle` is the ``POST /`` handler."""
 
     def __init__(
         self,
@@ -75,6 +75,7 @@ class ControlApi:
             "AddTags": _listing(tagging.add_tags),
             "ListTags": _listing(tagging.list_tags),
             "DeleteTags": _listing(tagging.delete_tags),
+            "ListContexts": _listing(_no_contexts),
         }
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -169,6 +170,15 @@ def _listing(call: Callable[[Params], dict[str, Any]]) -> Operation:
         return call(params)
 
     return operation
+
+
+def _no_contexts(params: Params) -> dict[str, Any]:
+    """ListContexts (ML lineage): always empty. SageMaker creates an ``Endpoint`` lineage
+    context per endpoint for SageMaker ML Lineage Tracking; this router keeps no lineage graph
+    (no artifacts, actions, associations nor QueryLineage to walk from a context), so an empty
+    list is its true answer: the SDK v2's ``Predictor.endpoint_context()`` then returns None
+    instead of failing on an unknown operation."""
+    return {"ContextSummaries": []}
 
 
 def _operation_name(target: str) -> str:

@@ -25,6 +25,8 @@ INFERENCE_ID: Final = 11
 ENABLE_EXPLANATIONS: Final = 12
 TARGET_MODEL: Final = 13
 SESSION_ID: Final = 14
+TRACEPARENT: Final = 15
+TRACESTATE: Final = 16
 
 #: Headers forwarded to every container, with the spelling the container receives.
 FORWARDED: Final[dict[int, bytes]] = {
@@ -46,6 +48,8 @@ CODES: Final[dict[bytes, int]] = {
     b"transfer-encoding": TRANSFER_ENCODING,
     b"connection": CONNECTION,
     b"expect": EXPECT,
+    b"traceparent": TRACEPARENT,
+    b"tracestate": TRACESTATE,
     **{name.lower(): code for code, name in FORWARDED.items()},
 }
 
@@ -58,6 +62,7 @@ _USUAL_SPELLINGS: Final = (
     b"X-Amzn-SageMaker-Target-Variant", *FORWARDED.values(), b"User-Agent",
     b"Accept-Encoding", b"Authorization", b"X-Amz-Date", b"X-Amz-Security-Token",
     b"X-Amz-Content-SHA256", b"amz-sdk-invocation-id", b"amz-sdk-request", b"Keep-Alive",
+    b"traceparent", b"tracestate",
 )  # fmt: skip
 _BY_SPELLING: Final[dict[bytes, int]] = {
     **CODES,
@@ -65,9 +70,13 @@ _BY_SPELLING: Final[dict[bytes, int]] = {
 }
 
 # Headers that must appear at most once (a second copy makes the request ambiguous), as a bit
-# mask over codes.
+# mask over codes. Not the trace context: W3C Trace Context says a repeated traceparent makes
+# it invalid (the router starts a new trace, it does not refuse the request) and tracestate is
+# a list whose copies are joined.
 _SINGLETON_MASK: Final = sum(
-    1 << code for code in set(CODES.values()) if code not in (CONNECTION, EXPECT)
+    1 << code
+    for code in set(CODES.values())
+    if code not in (CONNECTION, EXPECT, TRACEPARENT, TRACESTATE)
 )
 
 
@@ -103,6 +112,35 @@ def classify(name: bytes) -> int:
 
 CUSTOM_ATTRIBUTES_MAX: Final = 1024
 INFERENCE_ID_MAX: Final = 64
+#: W3C Trace Context: a vendor may drop a tracestate longer than 512 characters.
+TRACESTATE_MAX: Final = 512
+
+_HEX_DIGITS: Final = frozenset(b"0123456789abcdef")
+_ZERO_TRACE_ID: Final = b"0" * 32
+_ZERO_PARENT_ID: Final = b"0" * 16
+
+
+def parse_traceparent(value: bytes) -> bytes | None:
+    """The ``version-trace_id-parent_id-flags`` of a W3C ``traceparent`` value rewritten as
+    version 00 (the one this router speaks), or None when it is malformed: wrong length or
+    separators, upper-case or non-hex digits, version ff, an all-zero trace or parent id.
+    A higher version is read as its version-00 prefix, as the spec asks of a 00 vendor."""
+    value = value.strip(b" \t")
+    size = len(value)
+    if size < 55 or value[2] != 45 or value[35] != 45 or value[52] != 45:  # 45: "-"
+        return None
+    version = value[:2]
+    if version == b"00":
+        if size != 55:
+            return None
+    elif version == b"ff" or (size > 55 and value[55] != 45):
+        return None
+    for byte in value[:55]:
+        if byte != 45 and byte not in _HEX_DIGITS:
+            return None
+    if value[3:35] == _ZERO_TRACE_ID or value[36:52] == _ZERO_PARENT_ID:
+        return None
+    return b"00" + value[2:55]
 
 
 class RequestHeaders:
@@ -118,6 +156,8 @@ class RequestHeaders:
         "_connection_tokens",
         "_forwarded",
         "_seen_mask",
+        "_traceparents",
+        "_tracestate",
         "accept",
         "accept_block",
         "chunked",
@@ -127,6 +167,7 @@ class RequestHeaders:
         "forward_block",
         "target_container",
         "target_variant",
+        "trace_block",
         "version_sensitive",
     )
 
@@ -144,6 +185,11 @@ class RequestHeaders:
         self.version_sensitive = False
         self.forward_block = b""
         self.accept_block = b""
+        self._traceparents = 0
+        self._tracestate: bytes | None = None
+        #: The client's trace context as forwarded (``traceparent:`` and ``tracestate:``
+        #: lines), b"" when it sent none or a malformed one: the proxy then starts a trace.
+        self.trace_block = b""
 
     def add(self, name: bytes, value: bytes) -> str | None:
         code = classify(name)
@@ -168,12 +214,22 @@ class RequestHeaders:
             pass  # only its presence matters (check_version)
         elif code == ACCEPT:
             self.accept = value
-        elif code >= CUSTOM_ATTRIBUTES:
+        elif CUSTOM_ATTRIBUTES <= code <= SESSION_ID:
             if self._forwarded is None:
                 self._forwarded = []
             self._forwarded.append((code, value))
         elif code == TARGET_VARIANT:
             self.target_variant = value.decode("latin-1")
+        elif code == TRACEPARENT:
+            self._traceparents += 1
+            parsed = parse_traceparent(value) if self._traceparents == 1 else None
+            self.trace_block = b"traceparent: " + parsed + b"\r\n" if parsed is not None else b""
+        elif code == TRACESTATE:
+            # A list header: copies are one list, joined in order (RFC 9110 §5.3).
+            state = value.strip(b" \t")
+            if state:
+                previous = self._tracestate
+                self._tracestate = state if previous is None else previous + b"," + state
         elif code == CONNECTION:
             if self._connection_tokens is None:
                 self._connection_tokens = []
@@ -206,6 +262,9 @@ class RequestHeaders:
                 self.accept = None
             if CONTENT_TYPE in hop:
                 self.content_type = None
+            if TRACEPARENT in hop or TRACESTATE in hop:
+                self._traceparents = 0
+                self.trace_block = b""
             if b"upgrade" in self._connection_tokens and (self.chunked or self.content_length):
                 # llhttp ends an upgrade request at its head and calls the body "the other
                 # protocol": it cannot be forwarded whole, so refuse it (a bodiless one is
@@ -227,8 +286,24 @@ class RequestHeaders:
             self.forward_block = b"".join(parts)
         if self.accept is not None:
             self.accept_block = b"Accept: " + self.accept + b"\r\n"
+        if self._traceparents:
+            self._finish_trace_context()
         self.version_sensitive = self.chunked or not self._seen_mask & (1 << HOST)
         return None
+
+    def _finish_trace_context(self) -> None:
+        if self._traceparents > 1:
+            self.trace_block = b""  # two traceparents: neither is trusted
+        state = self._tracestate
+        # tracestate belongs to the traceparent it came with: forwarded only beside it, and
+        # dropped when too long or not printable ASCII (it would corrupt the upstream head).
+        if (
+            self.trace_block
+            and state is not None
+            and len(state) <= TRACESTATE_MAX
+            and _printable_ascii(state)
+        ):
+            self.trace_block += b"tracestate: " + state + b"\r\n"
 
     def check_version(self, http_version: str) -> str | None:
         """The rules that depend on the request's HTTP version (``"1.1"``, ``"1.0"``, ...)."""

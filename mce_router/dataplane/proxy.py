@@ -25,7 +25,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -55,6 +55,7 @@ from .stats import CallStats, RouterAnswers
 # compiled module holds it in a C static instead of looking it up in its globals on every read.
 # One read serves every deadline and measurement of the same instant (a read costs ~70 ns).
 _clock: Final = time.perf_counter
+_random_bits: Final = random.getrandbits
 
 # ----------------------------------------------------------------------------------------------
 # Routing table: immutable, built per configuration load, swapped atomically by the router.
@@ -576,6 +577,34 @@ _STATE_SENT: Final = 1  # request written, waiting for the response
 _STATE_DONE: Final = 2
 
 
+class InvocationHooks(Protocol):
+    """Observers of every invocation (OpenTelemetry spans, the hop log: ``mce_router.tracing``).
+    The server holds None when none is configured: the hot path then pays one attribute test
+    per call site and nothing else."""
+
+    def started(self, invocation: Invocation) -> None:
+        """Before the first stage; ``invocation.hook_state`` is the hooks' to set."""
+
+    def stage_started(self, invocation: Invocation, upstream: Upstream) -> bytes:
+        """The request to ``upstream`` is about to be sent (again, after a retry on a fresh
+        connection); returns the trace-context header lines to send with it."""
+        ...
+
+    def stage_ended(
+        self,
+        invocation: Invocation,
+        upstream: Upstream,
+        status: int,
+        latency: float,
+        response: UpstreamResponse | None,
+    ) -> None:
+        """The call ended: ``status`` 0 and no ``response`` when the container gave none."""
+
+    def finished(self, invocation: Invocation, status: int, error: RouterError | None) -> None:
+        """The answer is decided: ``status`` 200 with no error, the error's otherwise, 0 when
+        the client went away while the request waited for a connection."""
+
+
 class Invocation:
     __slots__ = (
         "_attempt_reused",
@@ -595,11 +624,14 @@ class Invocation:
         "content_type",
         "deadline",
         "forward_block",
+        "hook_state",
+        "hooks",
         "keep_alive",
         "last_mark",
         "model_seconds",
         "model_status",
         "received_at",
+        "trace_block",
         "variant",
     )
 
@@ -615,6 +647,7 @@ class Invocation:
         body_size: int,
         keep_alive: bool,
         received_at: float,
+        trace_block: bytes,
     ) -> None:
         self.client = client
         self.variant = variant
@@ -626,6 +659,11 @@ class Invocation:
         self.body_size = body_size
         self.keep_alive = keep_alive
         self.received_at = received_at
+        #: ``traceparent`` (and ``tracestate``) lines sent to every container: the client's,
+        #: or (given b"") the trace the router starts for this request in start().
+        self.trace_block = trace_block
+        self.hooks: InvocationHooks | None = client.server.hooks
+        self.hook_state: object = None
         self.model_seconds = 0.0
         self.model_status = -1  # no container called yet
         # Metrics bookkeeping: the last instant accounted for, and the final call's numbers,
@@ -645,7 +683,16 @@ class Invocation:
         self.deadline = _NO_DEADLINE  # set when a stage waits for or calls a container
 
     def start(self, now: float) -> None:
+        if self.hooks is not None:
+            self.hooks.started(self)  # (spans: may start the trace, with the span's own id)
+        if not self.trace_block:
+            self.trace_block = self.client.server.new_trace_block()
         self._call_stage(now)
+
+    @property
+    def stage(self) -> int:
+        """The index in ``chain`` of the container being called (the last one called)."""
+        return self._stage
 
     def _call_stage(self, now: float) -> None:
         upstream = self.chain[self._stage]
@@ -668,10 +715,13 @@ class Invocation:
     def connection_ready(self, conn: UpstreamConnection, *, reused: bool) -> None:
         upstream = self.chain[self._stage]
         server = self.client.server
+        hooks = self.hooks
+        trace = self.trace_block if hooks is None else hooks.stage_started(self, upstream)
         head = b"".join(
             (
                 upstream.request_head,
                 self.forward_block,
+                trace,
                 server.content_type_line(self.content_type),
                 self.accept_block if self._stage + 1 == len(self.chain) else b"",
                 server.content_length_line(self.body_size),
@@ -700,7 +750,8 @@ class Invocation:
         upstream = self.chain[self._stage]
         status = response.status
         ok = 200 <= status < 300
-        now = self._end_call(upstream, status, self._stage_started, final=not ok or self._is_last())
+        final = not ok or self._is_last()
+        now = self._end_call(upstream, status, self._stage_started, final=final, response=response)
         conn.pool.release(conn, now)
         if not ok:
             self._finish_error(_model_error(upstream, response))
@@ -763,10 +814,20 @@ class Invocation:
     def _is_last(self) -> bool:
         return self._stage + 1 == len(self.chain)
 
-    def _end_call(self, upstream: Upstream, status: int, started: float, *, final: bool) -> float:
+    def _end_call(
+        self,
+        upstream: Upstream,
+        status: int,
+        started: float,
+        *,
+        final: bool,
+        response: UpstreamResponse | None = None,
+    ) -> float:
         """Account a finished container call; returns the instant it ended."""
         now = _clock()
         latency = now - started
+        if self.hooks is not None:
+            self.hooks.stage_ended(self, upstream, status, latency, response)
         overhead = started - self.last_mark
         self.last_mark = now
         self.model_seconds += latency
@@ -808,6 +869,8 @@ class Invocation:
             self._state = _STATE_DONE
             self.client.server.in_flight -= 1
             self.variant.in_flight -= 1
+            if self.hooks is not None:
+                self.hooks.finished(self, 0, None)
             return False
         if self._state == _STATE_SENT:
             self._orphaned = True
@@ -823,12 +886,16 @@ class Invocation:
 
     def _finish_ok(self, response: UpstreamResponse) -> None:
         self._state = _STATE_DONE
+        if self.hooks is not None:
+            self.hooks.finished(self, 200, None)
         if self._orphaned:
             self.client.server.orphans.discard(self)
         self.client.send_invocation_response(self, response)
 
     def _finish_error(self, error: RouterError) -> None:
         self._state = _STATE_DONE
+        if self.hooks is not None:
+            self.hooks.finished(self, wire_error(error, "runtime").status, error)
         if self._orphaned:
             self.client.server.orphans.discard(self)
         self.client.send_invocation_error(self, error)
@@ -931,8 +998,15 @@ class RuntimeServer:
         account_id: str = "000000000000",
         guard: Guard | None = None,
         answers: RouterAnswers | None = None,
+        hooks: InvocationHooks | None = None,
+        sample_new_traces: bool = True,
     ) -> None:
         self.loop = loop
+        #: Tracing spans and the hop log; None (the default) keeps them off the hot path.
+        self.hooks = hooks
+        #: The trace-flags of a trace the router starts (a request without a valid
+        #: traceparent): sampled (01) or not (00), as configured.
+        self._new_trace_flags = b"01" if sample_new_traces else b"00"
         self.account_id = account_id
         #: Counts the errors the router itself answers; None when metrics are off.
         self.answers = answers
@@ -976,6 +1050,16 @@ class RuntimeServer:
         if low == 0:
             self._request_id_block = self._request_id_head + b"%010x" % (count >> 8)
         return self._request_id_block + _HEX_PAIR_LINES[low]
+
+    def new_trace_block(self) -> bytes:
+        """A ``traceparent`` line starting a new trace: random trace and parent ids (from the
+        Mersenne Twister: unpredictability is not asked of them, and it costs no system
+        call), never all zeros, which W3C Trace Context reserves for invalid."""
+        return b"traceparent: 00-%032x-%016x-%s\r\n" % (
+            _random_bits(128) or 1,
+            _random_bits(64) or 1,
+            self._new_trace_flags,
+        )
 
     def content_length_line(self, size: int) -> bytes:
         line = self._content_length_lines.get(size)
@@ -1434,6 +1518,7 @@ class ClientConnection(asyncio.Protocol):
             body_size,
             keep_alive,
             received_at,
+            headers.trace_block,
         )
         self.current = invocation
         variant.in_flight += 1

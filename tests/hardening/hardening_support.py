@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -41,6 +42,9 @@ ALLOWED_UPSTREAM_HEADERS = frozenset(
         "x-amzn-sagemaker-enable-explanations",
         "x-amzn-sagemaker-target-model",
         "x-amzn-sagemaker-session-id",
+        # W3C trace context: the client's when valid, else one the router starts.
+        "traceparent",
+        "tracestate",
     }
 )
 
@@ -212,7 +216,13 @@ async def stats(router: Router, endpoint: str, host: str) -> dict[str, int]:
 def header_report(response: RawResponse) -> list[tuple[str, str]]:
     """The headers a fault container reported with ``action=headers``."""
     assert response.status == 200, (response.status, response.body[:300])
-    return [(name, value) for name, value in response.json()["headers"]]
+    received = [(name, value) for name, value in response.json()["headers"]]
+    # Every call carries a traceparent (the router starts one when the client sent none or a
+    # malformed one; tests/integration/test_trace_context.py): checked here, then left out.
+    traceparents = [value for name, value in received if name == "traceparent"]
+    assert len(traceparents) == 1, received
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", traceparents[0]), traceparents
+    return [(name, value) for name, value in received if name != "traceparent"]
 
 
 def percentile(values: Iterable[float], fraction: float) -> float:

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
-import socketserver
-import threading
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
-from conftest import FAST_WAITER, running_router
+from conftest import FAST_WAITER, nothing_leaves_the_machine, running_router
 
 ROLE = "arn:aws:iam::000000000000:role/x"
 
@@ -43,19 +39,8 @@ def _import_sdk(monkeypatch: pytest.MonkeyPatch) -> Any:
 async def test_sdk_pipeline_model_deploys_and_predicts(
     config_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    # Any client the SDK builds on its own (STS, S3, ...) gets a port that refuses.
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with _recording_proxy() as (proxy_url, outside):
-        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-            monkeypatch.setenv(name, proxy_url)
-        for name in ("NO_PROXY", "no_proxy"):
-            monkeypatch.setenv(name, "127.0.0.1,localhost")
+    with nothing_leaves_the_machine(monkeypatch):
         await _deploy_and_predict(config_factory, monkeypatch)
-    assert outside == [], f"the SDK tried to reach {outside}"
 
 
 async def _deploy_and_predict(config_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,6 +97,9 @@ async def _deploy_and_predict(config_factory: Any, monkeypatch: pytest.MonkeyPat
                     deserializer=CSVDeserializer(),
                 )
                 first = predictor.predict([[1, 2, 3], [4, 5, 6]])
+                # Lineage (DescribeEndpoint, then ListContexts by the endpoint's ARN): the
+                # router keeps none, so the SDK finds no context rather than failing.
+                assert predictor.endpoint_context() is None
                 # The SDK copies the endpoint config (DescribeEndpointConfig, ListTags of it,
                 # CreateEndpointConfig) and updates the endpoint to the copy.
                 predictor.update_endpoint(
@@ -128,7 +116,7 @@ async def _deploy_and_predict(config_factory: Any, monkeypatch: pytest.MonkeyPat
         # preprocess -> model (weights 0.5, 0.25, 0.125) -> postprocess, as in the quickstart.
         assert prediction == [["1.375", "positive"], ["4.0", "positive"]]
         assert operations[:3] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
-        assert {"ListTags", "UpdateEndpoint"} <= set(operations[3:])
+        assert {"ListContexts", "ListTags", "UpdateEndpoint"} <= set(operations[3:])
         serving = router.describe_endpoint("sdk-endpoint")["EndpointConfigName"]
         assert serving != "sdk-endpoint"  # the SDK's copy of the config serves
         described = router.describe_model("sdk-pipeline")
@@ -139,24 +127,3 @@ async def _deploy_and_predict(config_factory: Any, monkeypatch: pytest.MonkeyPat
             "example/postprocess:latest",
         ]
         assert described["ExecutionRoleArn"] == ROLE
-
-
-@contextmanager
-def _recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
-    """A real listener on loopback standing in for an HTTP proxy: it records the first line of
-    every request sent to it (``CONNECT host:443 ...``) and closes, so nothing goes further."""
-    seen: list[bytes] = []
-
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self) -> None:
-            seen.append(self.rfile.readline(4096).strip())
-
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as server:
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}", seen
-        finally:
-            server.shutdown()
-            thread.join(timeout=5)

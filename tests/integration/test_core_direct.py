@@ -4,6 +4,7 @@ validation errors, what crosses the router in each direction, keep-alive and con
 from __future__ import annotations
 
 import json
+import re
 import socket
 from contextlib import closing
 from typing import Any
@@ -152,6 +153,8 @@ async def test_header_allowlist_from_boto3(config_factory: Any) -> None:
             )
         report = json.loads(response["Body"])
         received = {name.lower(): value for name, value in report["headers"]}
+        # The router started a trace for this request (tests/integration/test_trace_context.py).
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", received.pop("traceparent"))
         assert received == {
             "host": f"127.0.0.1:{container_port(router, endpoint, 'b')}",
             "x-amzn-sagemaker-custom-attributes": "action=headers",
@@ -203,6 +206,7 @@ async def test_header_allowlist_drops_credentials_and_hop_by_hop(config_factory:
             "content-length",
             "content-type",
             "host",
+            "traceparent",  # the router's own: the client sent none
             "x-amzn-sagemaker-inference-id",
         ], report["headers"]
         assert report["body"] == body.decode()

@@ -208,3 +208,32 @@ def test_bind_port_range_stays_below_32768_and_apart_from_the_safe_ranges() -> N
         RouterConfig.from_mapping(
             {"process": {"bind_port_range_start": 25000, "bind_port_range_size": 10}}
         )
+
+
+def test_tracing_and_emf_sections_load_and_are_validated() -> None:
+    config = RouterConfig.from_mapping(
+        {
+            "tracing": {
+                "sample_new_traces": False,
+                "otel_enabled": True,
+                "otel_endpoint": "http://127.0.0.1:4318/v1/traces",
+                "hop_log_enabled": True,
+                "hop_log_size": 7,
+            },
+            "metrics": {"emf_enabled": True, "emf_path": "-", "emf_interval_seconds": 5},
+        }
+    )
+    assert config.tracing.otel_enabled and not config.tracing.sample_new_traces
+    assert config.tracing.hop_log_size == 7 and config.tracing.hooks_enabled
+    assert config.metrics.emf_enabled and config.metrics.emf_interval_seconds == 5.0
+    assert not RouterConfig().tracing.hooks_enabled  # nothing on the hot path by default
+    for raw, expected in (
+        ({"tracing": {"otel_enabled": True, "otel_endpoint": "ftp://x"}}, "otel_endpoint"),
+        ({"tracing": {"hop_log_size": 0}}, "tracing.hop_log_size"),
+        ({"tracing": {"hop_log_input_max_bytes": 2 * 1024 * 1024}}, "hop_log_input_max_bytes"),
+        ({"tracing": {"hop_log": True}}, "hop_log"),
+        ({"metrics": {"emf_path": ""}}, "emf_path"),
+        ({"metrics": {"emf_interval_seconds": 0}}, "emf_interval_seconds"),
+    ):
+        with pytest.raises(ConfigError, match=expected):
+            RouterConfig.from_mapping(raw)

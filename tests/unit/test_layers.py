@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("shapes", "spec", "security"),  # reading request bodies, their shapes; SigV4 and IAM
     ("config",),  # the router config (its auth section is security's)
     ("runtime", "dataplane", "metrics"),  # containers; the hot path; metrics of both
+    ("tracing",),  # spans and the hop log, on the hot path's hooks
     ("control",),  # state file, models and endpoint configs, statuses, listing
     ("endpoints",),  # endpoint state machine, fleets, health checks, restart recovery
     ("check",),  # the container contract checker (a tool over the runtimes)
