@@ -123,6 +123,18 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoscalingSettings:
+    """Target tracking's clock (see :mod:`mce_router.endpoints.scaling`): AWS evaluates one
+    datapoint per minute; a shorter period makes the same policies act in seconds (tests)."""
+
+    period_seconds: float = 60.0
+    #: Consecutive datapoints above the target that scale out (AWS: 3).
+    scale_out_datapoints: int = 3
+    #: Consecutive datapoints below 90 % of the target that scale in (AWS: 15).
+    scale_in_datapoints: int = 15
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -140,6 +152,7 @@ class RouterConfig:
     health: HealthSettings = field(default_factory=HealthSettings)
     process: ProcessSettings = field(default_factory=ProcessSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
     state_dir: Path = Path("mce-state")
     #: The SQLite file holding models, endpoint configs and endpoints; None means
     #: ``<state_dir>/state.db``.
@@ -176,6 +189,7 @@ class RouterConfig:
             "health",
             "process",
             "metrics",
+            "autoscaling",
             "auth",
             "state_dir",
             "state_file",
@@ -194,6 +208,7 @@ class RouterConfig:
             "health": _section(HealthSettings, raw.get("health"), "health"),
             "process": _section(ProcessSettings, raw.get("process"), "process"),
             "metrics": _section(MetricsSettings, raw.get("metrics"), "metrics"),
+            "autoscaling": _section(AutoscalingSettings, raw.get("autoscaling"), "autoscaling"),
         }
         if "state_dir" in raw:
             kwargs["state_dir"] = (base / str(raw["state_dir"])).resolve()
@@ -234,7 +249,15 @@ class RouterConfig:
         return cls.from_mapping(raw or {}, base_dir=config_path.resolve().parent)
 
 
-_Section = TypeVar("_Section", Listener, Limits, HealthSettings, ProcessSettings, MetricsSettings)
+_Section = TypeVar(
+    "_Section",
+    Listener,
+    Limits,
+    HealthSettings,
+    ProcessSettings,
+    MetricsSettings,
+    AutoscalingSettings,
+)
 
 
 def _section(cls: type[_Section], raw: Any, name: str) -> _Section:
@@ -373,6 +396,9 @@ def _validate(config: RouterConfig) -> None:
         "process.safe_port_range_blocks": config.process.safe_port_range_blocks,
         "process.bind_port_range_size": config.process.bind_port_range_size,
         "metrics.usage_sample_seconds": config.metrics.usage_sample_seconds,
+        "autoscaling.period_seconds": config.autoscaling.period_seconds,
+        "autoscaling.scale_out_datapoints": config.autoscaling.scale_out_datapoints,
+        "autoscaling.scale_in_datapoints": config.autoscaling.scale_in_datapoints,
     }
     for name, value in positive.items():
         if value <= 0:

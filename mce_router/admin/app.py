@@ -17,6 +17,8 @@ from aiohttp import web
 from ..metrics import RouterMetrics, put_metric_data_requests
 from .sts import is_sts_request
 
+#: Application Auto Scaling's X-Amz-Target prefix (SageMaker's is ``SageMaker.``).
+AUTOSCALING_TARGET_PREFIX = "AnyScaleFrontendService."
 #: The admin app's ``client_max_size``: larger control-plane bodies are refused unread.
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -35,6 +37,8 @@ class AdminApp:
     :param cloudwatch_namespaces: namespace renames for ``?format=put-metric-data``.
     :param readiness: what ``GET /ready`` reports (``/ping`` is liveness: 200 while the
         process serves at all).
+    :param autoscaling: the handler of ``POST /`` with ``X-Amz-Target:
+        AnyScaleFrontendService.<Operation>`` (Application Auto Scaling).
     """
 
     def __init__(
@@ -44,8 +48,10 @@ class AdminApp:
         metrics: RouterMetrics | None,
         cloudwatch_namespaces: Mapping[str, str],
         readiness: Readiness,
+        autoscaling: Handler | None = None,
     ) -> None:
         self._control_plane = control_plane
+        self._autoscaling = autoscaling
         self._sts = sts
         self._readiness = readiness
         self._metrics = metrics
@@ -65,6 +71,9 @@ class AdminApp:
     async def post_root(self, request: web.Request) -> web.StreamResponse:
         if is_sts_request(request):
             return await self._sts(request)
+        target = request.headers.get("X-Amz-Target", "")
+        if self._autoscaling is not None and target.startswith(AUTOSCALING_TARGET_PREFIX):
+            return await self._autoscaling(request)
         return await self._control_plane(request)
 
     async def ping(self, request: web.Request) -> web.Response:

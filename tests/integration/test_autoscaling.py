@@ -1,0 +1,444 @@
+"""Application Auto Scaling on the router: boto3's ``application-autoscaling`` client against the
+admin port, real container processes, bounded load on loopback, zero failed requests while
+instances come and go."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from conftest import (
+    FAULT_IMAGE,
+    call,
+    control_client,
+    direct_model,
+    endpoint_config,
+    running_router,
+    runtime_client,
+    validate_output,
+)
+
+from mce_router import Router
+from mce_router.config import AutoscalingSettings
+from mce_router.control.autoscaling import DIMENSION
+
+RESOURCE = "endpoint/scaled/variant/AllTraffic"
+
+
+def autoscaling_client(router: Router) -> Any:
+    return boto3.client(
+        "application-autoscaling",
+        endpoint_url=router.admin_url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+
+
+async def deploy_scaled(router: Router, **variant: Any) -> None:
+    router.create_model(direct_model("scaled", ["a", "b"], FAULT_IMAGE))
+    router.create_endpoint_config(endpoint_config("scaled", "scaled", **variant))
+    await router.create_endpoint({"EndpointName": "scaled", "EndpointConfigName": "scaled"})
+
+
+async def until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def target(**extra: Any) -> dict[str, Any]:
+    return {
+        "ServiceNamespace": "sagemaker",
+        "ResourceId": RESOURCE,
+        "ScalableDimension": DIMENSION,
+        **extra,
+    }
+
+
+class Load:
+    """Concurrent InvokeEndpoint calls through boto3, bounded in count and time; counts
+    failures (any exception or non-200)."""
+
+    def __init__(self, router: Router, workers: int, hosts: tuple[str, ...] = ("a",)) -> None:
+        self.client = runtime_client(router)
+        self.workers = workers
+        self.hosts = hosts
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+
+    def _one(self, host: str, action: str) -> None:
+        try:
+            response = self.client.invoke_endpoint(
+                EndpointName="scaled",
+                Body=b"x",
+                TargetContainerHostname=host,
+                CustomAttributes=f"action={action}",
+            )
+            response["Body"].read()
+            self.ok += 1
+        except Exception as exc:  # every failure is one the test reports
+            self.failures.append(repr(exc))
+
+    async def _worker(self, index: int, deadline: float, limit: int, action: str) -> None:
+        done = 0
+        while not self._stop.is_set() and time.monotonic() < deadline and done < limit:
+            await asyncio.to_thread(self._one, self.hosts[index % len(self.hosts)], action)
+            done += 1
+
+    @contextlib.asynccontextmanager
+    async def running(
+        self, seconds: float = 40.0, limit: int = 5000, action: str = "sleep:0.02"
+    ) -> AsyncIterator[Load]:
+        deadline = time.monotonic() + seconds
+        tasks = [
+            asyncio.create_task(self._worker(i, deadline, limit, action))
+            for i in range(self.workers)
+        ]
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            await asyncio.gather(*tasks)
+
+
+async def test_scalable_targets_and_policies_wire_and_validation(config_factory: Any) -> None:
+    async with running_router(config_factory()) as router:
+        await deploy_scaled(router)
+        client = autoscaling_client(router)
+        out = await call(client.register_scalable_target, **target(MinCapacity=1, MaxCapacity=3))
+        assert out["ScalableTargetARN"].startswith("arn:aws:application-autoscaling:us-east-1:")
+        described = await call(client.describe_scalable_targets, ServiceNamespace="sagemaker")
+        validate_output(client, "DescribeScalableTargets", described)
+        (found,) = described["ScalableTargets"]
+        assert (found["ResourceId"], found["MinCapacity"], found["MaxCapacity"]) == (
+            RESOURCE,
+            1,
+            3,
+        )
+        put = await call(
+            client.put_scaling_policy,
+            PolicyName="ipi",
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": 70.0,
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+                },
+                "ScaleInCooldown": 60,
+            },
+            **target(),
+        )
+        validate_output(client, "PutScalingPolicy", put)
+        assert ":policyName/ipi" in put["PolicyARN"] and len(put["Alarms"]) == 2
+        policies = await call(client.describe_scaling_policies, ServiceNamespace="sagemaker")
+        validate_output(client, "DescribeScalingPolicies", policies)
+        assert [p["PolicyName"] for p in policies["ScalingPolicies"]] == ["ipi"]
+
+        errors = client.exceptions
+        bad_cases: list[tuple[Any, dict[str, Any], type[Exception], str]] = [
+            # a variant that does not exist
+            (
+                client.register_scalable_target,
+                {**target(MinCapacity=1, MaxCapacity=2), "ResourceId": "endpoint/scaled/variant/x"},
+                errors.ValidationException,
+                "not present",
+            ),
+            (
+                client.register_scalable_target,
+                {**target(MinCapacity=1, MaxCapacity=2), "ResourceId": "endpoint/nope/variant/v"},
+                errors.ValidationException,
+                "Could not find endpoint",
+            ),
+            (
+                client.register_scalable_target,
+                target(MinCapacity=3, MaxCapacity=2),
+                errors.ValidationException,
+                "cannot be less than minimum",
+            ),
+            (
+                client.register_scalable_target,
+                {**target(MinCapacity=1, MaxCapacity=2), "ResourceId": "scaled/AllTraffic"},
+                errors.ValidationException,
+                "Unsupported resource ID",
+            ),
+            (
+                client.put_scaling_policy,
+                {
+                    "PolicyName": "p",
+                    "PolicyType": "TargetTrackingScaling",
+                    "TargetTrackingScalingPolicyConfiguration": {"TargetValue": 1.0},
+                    **target(ResourceId="endpoint/scaled/variant/Other"),
+                },
+                errors.ObjectNotFoundException,
+                "No scalable target registered for service namespace: sagemaker",
+            ),
+            (
+                client.put_scaling_policy,
+                {
+                    "PolicyName": "p",
+                    "PolicyType": "TargetTrackingScaling",
+                    "TargetTrackingScalingPolicyConfiguration": {"TargetValue": 1.0},
+                    **target(),
+                },
+                errors.ValidationException,
+                "Exactly one of PredefinedMetricSpecification",
+            ),
+            (
+                client.put_scaling_policy,
+                {
+                    "PolicyName": "p",
+                    "PolicyType": "TargetTrackingScaling",
+                    "TargetTrackingScalingPolicyConfiguration": {
+                        "TargetValue": 1.0,
+                        "CustomizedMetricSpecification": {
+                            "MetricName": "DiskUtilization",
+                            "Namespace": "/aws/sagemaker/Endpoints",
+                            "Statistic": "Average",
+                            "Dimensions": [],
+                        },
+                    },
+                    **target(),
+                },
+                errors.ValidationException,
+                "not one this router measures",
+            ),
+            (
+                client.delete_scaling_policy,
+                {"PolicyName": "nope", **target()},
+                errors.ObjectNotFoundException,
+                "No scaling policy found",
+            ),
+            (
+                client.describe_scalable_targets,
+                {"ServiceNamespace": "sagemaker", "MaxResults": 51},
+                errors.ValidationException,
+                "less than or equal to 50",
+            ),
+            (
+                client.describe_scalable_targets,
+                {"ServiceNamespace": "sagemaker", "NextToken": "garbage!"},
+                errors.InvalidNextTokenException,
+                "Invalid token",
+            ),
+        ]
+        for function, params, error, words in bad_cases:
+            with pytest.raises(error, match=words):
+                await call(function, **params)
+
+        # Paginators page with MaxResults over NextToken; DeregisterScalableTarget drops the
+        # target's policies.
+        for name in ("p2", "p3"):
+            await call(
+                client.put_scaling_policy,
+                PolicyName=name,
+                PolicyType="StepScaling",
+                StepScalingPolicyConfiguration={
+                    "AdjustmentType": "ChangeInCapacity",
+                    "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}],
+                },
+                **target(),
+            )
+        pages = client.get_paginator("describe_scaling_policies").paginate(
+            ServiceNamespace="sagemaker", PaginationConfig={"PageSize": 2}
+        )
+        # The paginator's HTTP calls happen while iterating: in a thread, like every call here.
+        names = await asyncio.to_thread(
+            lambda: [[p["PolicyName"] for p in page["ScalingPolicies"]] for page in pages]
+        )
+        assert names == [["ipi", "p2"], ["p3"]]
+        await call(client.deregister_scalable_target, **target())
+        with pytest.raises(errors.ObjectNotFoundException, match="No scalable target found"):
+            await call(client.deregister_scalable_target, **target())
+        left = await call(client.describe_scaling_policies, ServiceNamespace="sagemaker")
+        assert left["ScalingPolicies"] == []
+
+
+async def test_targets_survive_a_restart(config_factory: Any) -> None:
+    config = config_factory()
+    async with running_router(config) as router:
+        await deploy_scaled(router)
+        client = autoscaling_client(router)
+        await call(client.register_scalable_target, **target(MinCapacity=1, MaxCapacity=4))
+    async with running_router(config) as router:
+        client = autoscaling_client(router)
+        described = await call(client.describe_scalable_targets, ServiceNamespace="sagemaker")
+        assert [t["MaxCapacity"] for t in described["ScalableTargets"]] == [4]
+
+
+async def instances(router: Router) -> tuple[int, int]:
+    out = router.scaler.describe("scaled", router.describe_endpoint("scaled"))
+    variant = out["ProductionVariants"][0]
+    return variant["CurrentInstanceCount"], variant["DesiredInstanceCount"]
+
+
+async def test_weights_and_capacities_without_a_failed_request(config_factory: Any) -> None:
+    async with running_router(config_factory()) as router:
+        await deploy_scaled(router)
+        sagemaker = control_client(router.admin_url)
+        load = Load(router, workers=4, hosts=("a", "b"))
+        async with load.running(seconds=60):
+            await until(lambda: load.ok > 20, 10, "load.ok > 20")
+            await call(
+                sagemaker.update_endpoint_weights_and_capacities,
+                EndpointName="scaled",
+                DesiredWeightsAndCapacities=[
+                    {"VariantName": "AllTraffic", "DesiredInstanceCount": 3}
+                ],
+            )
+            described = await call(sagemaker.describe_endpoint, EndpointName="scaled")
+            assert described["EndpointStatus"] == "Updating"
+            assert described["ProductionVariants"][0]["DesiredInstanceCount"] == 3
+            await until(
+                lambda: router.scaler.is_changing("scaled") is False, 20, "the capacity change"
+            )
+            assert await instances(router) == (3, 3)
+            route = router.runtime_server.table.by_name["scaled"]
+            assert len(route.variants[0].instances) == 3
+            before = load.ok
+            await until(lambda: load.ok > before + 30, 10, "load.ok > before + 30")
+            await call(
+                sagemaker.update_endpoint_weights_and_capacities,
+                EndpointName="scaled",
+                DesiredWeightsAndCapacities=[
+                    {"VariantName": "AllTraffic", "DesiredInstanceCount": 1}
+                ],
+            )
+            await until(
+                lambda: router.scaler.is_changing("scaled") is False, 20, "the capacity change"
+            )
+            assert await instances(router) == (1, 1)
+            before = load.ok
+            await until(lambda: load.ok > before + 30, 10, "load.ok > before + 30")
+        assert load.failures == [], load.failures[:3]
+        described = await call(sagemaker.describe_endpoint, EndpointName="scaled")
+        assert described["EndpointStatus"] == "InService"
+        with pytest.raises(sagemaker.exceptions.ClientError, match="not present"):
+            await call(
+                sagemaker.update_endpoint_weights_and_capacities,
+                EndpointName="scaled",
+                DesiredWeightsAndCapacities=[{"VariantName": "Nope", "DesiredWeight": 1.0}],
+            )
+
+
+async def test_target_tracking_scales_out_and_in(config_factory: Any) -> None:
+    settings = AutoscalingSettings(
+        period_seconds=0.5, scale_out_datapoints=3, scale_in_datapoints=6
+    )
+    async with running_router(config_factory(autoscaling=settings)) as router:
+        await deploy_scaled(router)
+        client = autoscaling_client(router)
+        await call(client.register_scalable_target, **target(MinCapacity=1, MaxCapacity=3))
+        await call(
+            client.put_scaling_policy,
+            PolicyName="ipi",
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": 600.0,  # invocations per minute per instance: 10 per second
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+                },
+                "ScaleOutCooldown": 1,
+                "ScaleInCooldown": 1,
+            },
+            **target(),
+        )
+        load = Load(router, workers=4)
+        started = time.monotonic()
+        async with load.running(seconds=60):
+            await until(lambda: router.scaler.scale_out_latencies != [], 30, "a scale-out")
+            serving = time.monotonic() - started
+            assert (await instances(router))[0] >= 2
+        assert load.failures == [], load.failures[:3]
+        # Load gone: 6 datapoints below 90 % of the target scale back in to MinCapacity.
+        fleet = router.endpoints["scaled"].deployment
+        assert fleet is not None
+        await until(
+            lambda: (
+                fleet.instance_count("AllTraffic") == 1 and not router.scaler.is_changing("scaled")
+            ),
+            30,
+            "the scale-in",
+        )
+        activities = await call(
+            client.describe_scaling_activities, ServiceNamespace="sagemaker", ResourceId=RESOURCE
+        )
+        validate_output(client, "DescribeScalingActivities", activities)
+        newest, *older = activities["ScalingActivities"]
+        assert newest["Description"] == "Setting desired instance count to 1."
+        assert "AlarmLow" in newest["Cause"] and newest["StatusCode"] == "Successful"
+        assert any("AlarmHigh" in a["Cause"] for a in older)
+        print(
+            f"threshold crossed -> new instance serving: "
+            f"{router.scaler.scale_out_latencies[0]:.2f} s; load start -> serving {serving:.2f} s"
+        )
+
+
+async def test_hottest_container_cpu_scales_where_invocations_per_instance_does_not(
+    config_factory: Any,
+) -> None:
+    """Same total rate, the mix shifted to a CPU-heavy call: InvocationsPerInstance stays
+    flat, the hottest container's CPU rises, and only that policy scales out."""
+    settings = AutoscalingSettings(
+        period_seconds=1.0, scale_out_datapoints=3, scale_in_datapoints=60
+    )
+    async with running_router(config_factory(autoscaling=settings)) as router:
+        await deploy_scaled(router)
+        client = autoscaling_client(router)
+        await call(client.register_scalable_target, **target(MinCapacity=1, MaxCapacity=2))
+        ipi = {
+            "TargetValue": 100000.0,
+            "PredefinedMetricSpecification": {
+                "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+            },
+        }
+        await call(
+            client.put_scaling_policy,
+            PolicyName="ipi",
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration=ipi,
+            **target(),
+        )
+        # Light traffic first: neither policy may scale.
+        light = Load(router, workers=2, hosts=("a", "b"))
+        async with light.running(seconds=5, action="echo"):
+            await asyncio.sleep(4)
+        assert (await instances(router))[0] == 1
+        await call(
+            client.put_scaling_policy,
+            PolicyName="hottest-cpu",
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": 30.0,
+                "CustomizedMetricSpecification": {
+                    "Namespace": "MceRouter",
+                    "MetricName": "HottestContainerCPUUtilization",
+                    "Dimensions": [
+                        {"Name": "EndpointName", "Value": "scaled"},
+                        {"Name": "VariantName", "Value": "AllTraffic"},
+                    ],
+                    "Statistic": "Average",
+                },
+            },
+            **target(),
+        )
+        heavy = Load(router, workers=2, hosts=("b",))
+        async with heavy.running(seconds=30, action="spin:0.05"):
+            await until(lambda: router.scaler.scale_out_latencies != [], 25, "a scale-out")
+        assert heavy.failures == []
+        activities = await call(
+            client.describe_scaling_activities, ServiceNamespace="sagemaker", ResourceId=RESOURCE
+        )
+        causes = [a["Cause"] for a in activities["ScalingActivities"]]
+        assert any("policy hottest-cpu" in c for c in causes)
+        assert not any("policy ipi" in c for c in causes)
