@@ -334,6 +334,7 @@ class Scaler:
         settings = self._config.autoscaling
         keep = max(settings.scale_out_datapoints, settings.scale_in_datapoints)
         memory.datapoints.append(value)
+        log.debug("policy %s of %s: datapoint %g", policy.name, policy.target.resource_id, value)
         while len(memory.datapoints) > keep:
             memory.datapoints.popleft()
         points = list(memory.datapoints)

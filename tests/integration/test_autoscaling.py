@@ -90,19 +90,29 @@ class Load:
         except Exception as exc:  # every failure is one the test reports
             self.failures.append(repr(exc))
 
-    async def _worker(self, index: int, deadline: float, limit: int, action: str) -> None:
+    async def _worker(
+        self, index: int, deadline: float, limit: int, action: str, interval: float
+    ) -> None:
         done = 0
         while not self._stop.is_set() and time.monotonic() < deadline and done < limit:
+            began = time.monotonic()
             await asyncio.to_thread(self._one, self.hosts[index % len(self.hosts)], action)
             done += 1
+            # Paced workers start one call per interval: a fixed rate whatever the call costs.
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
 
     @contextlib.asynccontextmanager
     async def running(
-        self, seconds: float = 40.0, limit: int = 5000, action: str = "sleep:0.02"
+        self,
+        seconds: float = 40.0,
+        limit: int = 5000,
+        action: str = "sleep:0.02",
+        interval: float = 0.0,
     ) -> AsyncIterator[Load]:
         deadline = time.monotonic() + seconds
+        self._stop.clear()
         tasks = [
-            asyncio.create_task(self._worker(i, deadline, limit, action))
+            asyncio.create_task(self._worker(i, deadline, limit, action, interval))
             for i in range(self.workers)
         ]
         try:
@@ -397,45 +407,46 @@ async def test_hottest_container_cpu_scales_where_invocations_per_instance_does_
         client = autoscaling_client(router)
         await call(client.register_scalable_target, **target(MinCapacity=1, MaxCapacity=2))
         ipi = {
-            "TargetValue": 100000.0,
+            "TargetValue": 1200.0,  # 20 per second per instance: the load below is 10
             "PredefinedMetricSpecification": {
                 "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
             },
         }
-        await call(
-            client.put_scaling_policy,
-            PolicyName="ipi",
-            PolicyType="TargetTrackingScaling",
-            TargetTrackingScalingPolicyConfiguration=ipi,
-            **target(),
-        )
-        # Light traffic first: neither policy may scale.
-        light = Load(router, workers=2, hosts=("a", "b"))
-        async with light.running(seconds=5, action="echo"):
-            await asyncio.sleep(4)
-        assert (await instances(router))[0] == 1
-        await call(
-            client.put_scaling_policy,
-            PolicyName="hottest-cpu",
-            PolicyType="TargetTrackingScaling",
-            TargetTrackingScalingPolicyConfiguration={
-                "TargetValue": 30.0,
-                "CustomizedMetricSpecification": {
-                    "Namespace": "MceRouter",
-                    "MetricName": "HottestContainerCPUUtilization",
-                    "Dimensions": [
-                        {"Name": "EndpointName", "Value": "scaled"},
-                        {"Name": "VariantName", "Value": "AllTraffic"},
-                    ],
-                    "Statistic": "Average",
-                },
+        hottest = {
+            "TargetValue": 8.0,  # percent of one core, of the busiest container per instance
+            "CustomizedMetricSpecification": {
+                "Namespace": "MceRouter",
+                "MetricName": "HottestContainerCPUUtilization",
+                "Dimensions": [
+                    {"Name": "EndpointName", "Value": "scaled"},
+                    {"Name": "VariantName", "Value": "AllTraffic"},
+                ],
+                "Statistic": "Average",
             },
-            **target(),
-        )
+        }
+        for name, policy in (("ipi", ipi), ("hottest-cpu", hottest)):
+            await call(
+                client.put_scaling_policy,
+                PolicyName=name,
+                PolicyType="TargetTrackingScaling",
+                TargetTrackingScalingPolicyConfiguration=policy,
+                **target(),
+            )
+        # 10 calls per second (2 paced workers, one call each 0.2 s) in both phases.
+        light = Load(router, workers=2, hosts=("a",))
+        began = time.monotonic()
+        async with light.running(seconds=5, action="echo", interval=0.2):
+            await asyncio.sleep(5)
+        light_rate = light.ok / (time.monotonic() - began)
+        assert (await instances(router))[0] == 1, "the light mix must not scale"
+        # Same rate, every call now to the CPU-heavy container (50 ms of CPU per call).
         heavy = Load(router, workers=2, hosts=("b",))
-        async with heavy.running(seconds=30, action="spin:0.05"):
-            await until(lambda: router.scaler.scale_out_latencies != [], 25, "a scale-out")
-        assert heavy.failures == []
+        began = time.monotonic()
+        async with heavy.running(seconds=25, action="spin:0.05", interval=0.2):
+            await until(lambda: router.scaler.scale_out_latencies != [], 20, "a scale-out")
+        heavy_rate = heavy.ok / (time.monotonic() - began)
+        assert light.failures == heavy.failures == []
+        assert abs(heavy_rate - light_rate) < 0.25 * light_rate, (light_rate, heavy_rate)
         activities = await call(
             client.describe_scaling_activities, ServiceNamespace="sagemaker", ResourceId=RESOURCE
         )
