@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from conftest import (
     FAULT_IMAGE,
     call,
@@ -21,12 +23,14 @@ from conftest import (
     endpoint_config,
     running_router,
     runtime_client,
+    signed_client,
     validate_output,
 )
 
 from mce_router import Router
 from mce_router.config import AutoscalingSettings
 from mce_router.control.autoscaling import DIMENSION
+from mce_router.security import AuthConfig
 
 RESOURCE = "endpoint/scaled/variant/AllTraffic"
 
@@ -453,3 +457,66 @@ async def test_hottest_container_cpu_scales_where_invocations_per_instance_does_
         causes = [a["Cause"] for a in activities["ScalingActivities"]]
         assert any("policy hottest-cpu" in c for c in causes)
         assert not any("policy ipi" in c for c in causes)
+
+
+async def test_sigv4_and_application_autoscaling_actions(config_factory: Any) -> None:
+    """Signed for the service application-autoscaling; authorized as
+    application-autoscaling:<Operation>; a sagemaker-signed request is refused."""
+    scaler = ("AKIDSCALER000000", "scaler-secret")
+    reader = ("AKIDREADER000000", "reader-secret")
+
+    def allow(*actions: str) -> dict[str, Any]:
+        return {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": "*"}],
+        }
+
+    auth = AuthConfig.from_mapping(
+        {
+            "mode": "sigv4",
+            "credentials": [
+                {
+                    "access_key_id": scaler[0],
+                    "secret_access_key": scaler[1],
+                    "principal": "arn:aws:iam::000000000000:user/scaler",
+                    "policies": [allow("application-autoscaling:*")],
+                },
+                {
+                    "access_key_id": reader[0],
+                    "secret_access_key": reader[1],
+                    "principal": "arn:aws:iam::000000000000:user/reader",
+                    "policies": [allow("application-autoscaling:Describe*", "sagemaker:*")],
+                },
+            ],
+        },
+        Path.cwd(),
+    )
+    async with running_router(config_factory(auth=auth)) as router:
+        await deploy_scaled(router)
+        admin = signed_client("application-autoscaling", router.admin_url, scaler)
+        readonly = signed_client("application-autoscaling", router.admin_url, reader)
+        await call(admin.register_scalable_target, **target(MinCapacity=1, MaxCapacity=2))
+        described = await call(readonly.describe_scalable_targets, ServiceNamespace="sagemaker")
+        assert len(described["ScalableTargets"]) == 1
+        with pytest.raises(ClientError) as denied:
+            await call(readonly.register_scalable_target, **target(MinCapacity=1, MaxCapacity=3))
+        assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+        assert "application-autoscaling:RegisterScalableTarget" in str(denied.value)
+        unknown = signed_client("application-autoscaling", router.admin_url, ("AKIDX", "nope"))
+        with pytest.raises(ClientError) as refused:
+            await call(unknown.describe_scalable_targets, ServiceNamespace="sagemaker")
+        assert refused.value.response["Error"]["Code"] == "UnrecognizedClientException"
+        # The sagemaker client's signature (service sagemaker) does not verify here.
+        sagemaker = signed_client("sagemaker", router.admin_url, scaler)
+        sagemaker.meta.events.register(
+            "before-sign.sagemaker.*",
+            lambda request, **_: request.headers.__setitem__(
+                "X-Amz-Target", "AnyScaleFrontendService.DescribeScalableTargets"
+            ),
+        )
+        with pytest.raises(ClientError) as wrong_scope:
+            await call(sagemaker.list_models)
+        assert wrong_scope.value.response["Error"]["Code"] in (
+            "InvalidSignatureException",
+            "IncompleteSignatureException",
+        )
