@@ -520,3 +520,47 @@ async def test_sigv4_and_application_autoscaling_actions(config_factory: Any) ->
             "InvalidSignatureException",
             "IncompleteSignatureException",
         )
+
+
+async def test_traffic_splits_by_variant_weight_and_follows_desired_weight(
+    config_factory: Any,
+) -> None:
+    async with running_router(config_factory()) as router:
+        router.create_model(direct_model("split", ["a"], FAULT_IMAGE))
+        variant = {"ModelName": "split", "InitialInstanceCount": 1}
+        router.create_endpoint_config(
+            {
+                "EndpointConfigName": "split",
+                "ProductionVariants": [
+                    {"VariantName": "Light", "InitialVariantWeight": 1.0, **variant},
+                    {"VariantName": "Heavy", "InitialVariantWeight": 3.0, **variant},
+                ],
+            }
+        )
+        await router.create_endpoint({"EndpointName": "split", "EndpointConfigName": "split"})
+        runtime = runtime_client(router)
+        sagemaker = control_client(router.admin_url)
+
+        def served_by(count: int) -> dict[str, int]:
+            seen: dict[str, int] = {}
+            for _ in range(count):
+                response = runtime.invoke_endpoint(
+                    EndpointName="split", Body=b"x", TargetContainerHostname="a"
+                )
+                response["Body"].read()
+                name = response["InvokedProductionVariant"]
+                seen[name] = seen.get(name, 0) + 1
+            return seen
+
+        seen = await asyncio.to_thread(served_by, 200)
+        # 1:3 -> 50 expected on Light; the bounds are 4 standard deviations (6.1) wide.
+        assert 25 <= seen.get("Light", 0) <= 75, seen
+        await call(
+            sagemaker.update_endpoint_weights_and_capacities,
+            EndpointName="split",
+            DesiredWeightsAndCapacities=[{"VariantName": "Heavy", "DesiredWeight": 0.0}],
+        )
+        described = await call(sagemaker.describe_endpoint, EndpointName="split")
+        weights = {v["VariantName"]: v["CurrentWeight"] for v in described["ProductionVariants"]}
+        assert weights == {"Light": 1.0, "Heavy": 0.0}
+        assert await asyncio.to_thread(served_by, 50) == {"Light": 50}
