@@ -125,6 +125,7 @@ class Router:
             catalog.load()
             recovering = recover_endpoints(running.store, endpoints)
             await asyncio.gather(*(endpoints.settled(state) for state in recovering))
+            running.scaler.restore()
             await apply_declared_resources(self.config, catalog, endpoints)
         except BaseException:
             await self.stop(drain_seconds=0)
@@ -190,7 +191,7 @@ class Router:
                 "endpoint": endpoints.endpoints,
             },
         )
-        scaler = Scaler(config, endpoints, server, self.metrics)
+        scaler = Scaler(config, endpoints, server, self.metrics, store)
         # Before the endpoints stop: a scale-in's instance is stopped by its own task.
         stack.push_async_callback(scaler.stop)
         scaler.autoscaling = AutoScaling(store, scaler, config.region, config.account_id)

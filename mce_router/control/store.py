@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS autoscaling (
 """
 
 ResourceTable = Literal["models", "endpoint_configs"]
-AutoscalingKind = Literal["target", "policy", "activity"]
+#: ``capacity``: a variant's DesiredInstanceCount and DesiredWeight, restored at start.
+AutoscalingKind = Literal["target", "policy", "activity", "capacity"]
 #: (Key, Value) pairs in the order they were first added.
 Tags = Sequence[tuple[str, str]]
 _TABLE_KINDS: dict[str, ResourceKind] = {"models": "model", "endpoint_configs": "endpoint-config"}

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..config import RouterConfig
 from ..control.autoscaling import ROUTER_NAMESPACE, AutoScaling, TargetKey, TargetTracking
+from ..control.store import AutoscalingKind, Store
 from ..control.validation import check_name
 from ..dataplane.proxy import RuntimeServer
 from ..errors import EndpointStartupError, ValidationError
@@ -61,8 +62,10 @@ class Scaler:
         endpoints: EndpointManager,
         server: RuntimeServer,
         metrics: RouterMetrics | None,
+        store: Store,
     ) -> None:
         self._config = config
+        self._store = store
         self._endpoints = endpoints
         self._server = server
         self._metrics = metrics
@@ -107,12 +110,54 @@ class Scaler:
         name, fleet = self._fleet(endpoint, variant)
         self._check_capacity(fleet, variant, count)
         key = (name.lower(), variant)
+        self._remember(name, variant, DesiredInstanceCount=count)
         self._desired[key] = count
         task = self._changing.get(key)
         if task is None or task.done():
             self._changing[key] = asyncio.get_running_loop().create_task(
                 self._reconcile(name, variant), name=f"scale {name}/{variant}"
             )
+
+    def _remember(self, endpoint: str, variant: str, **values: float) -> None:
+        """Keep a variant's desired count and weight in the state file: a restart brings the
+        endpoint back with them (the endpoint's CreationTime tells a recreated one apart)."""
+        key = f"{endpoint.lower()}|{variant}"
+        created = self._endpoints.get(endpoint).created_at
+        stored = dict(self._stored_capacities().get(key, {}))
+        if stored.get("CreationTime") != created:
+            stored = {"CreationTime": created}
+        stored.update(values)
+        if not self._store.closed:
+            self._store.for_change().change_autoscaling(put=[("capacity", key, stored)])
+
+    def _stored_capacities(self) -> dict[str, dict[str, Any]]:
+        return dict(self._store.list_autoscaling("capacity"))
+
+    def restore(self) -> None:
+        """At start, once the endpoints are back: apply the stored weights and counts, and
+        forget those of endpoints that are gone (or were created anew)."""
+        stale: list[tuple[AutoscalingKind, str]] = []
+        for key, stored in self._stored_capacities().items():
+            name, _, variant = key.partition("|")
+            state = self._endpoints.endpoints.get(name)
+            if state is None or state.created_at != stored.get("CreationTime"):
+                stale.append(("capacity", key))
+                continue
+            fleet = state.deployment
+            if fleet is None or variant not in {
+                v.variant_name for v in fleet.endpoint_config.variants
+            }:
+                continue
+            if "DesiredWeight" in stored:
+                self._server.table = self._server.table.with_endpoint(
+                    fleet.set_weight(variant, float(stored["DesiredWeight"]))
+                )
+            if "DesiredInstanceCount" in stored:
+                self.set_desired_instance_count(
+                    state.name, variant, int(stored["DesiredInstanceCount"])
+                )
+        if stale:
+            self._store.change_autoscaling(delete=stale)
 
     def _check_capacity(self, fleet: Deployment, variant: str, count: int) -> None:
         per_instance = len(
@@ -218,6 +263,7 @@ class Scaler:
         assert fleet is not None
         for variant, weight, count in plan:
             if weight is not None:
+                self._remember(state.name, variant, DesiredWeight=weight)
                 self._server.table = self._server.table.with_endpoint(
                     fleet.set_weight(variant, weight)
                 )

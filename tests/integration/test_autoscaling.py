@@ -564,3 +564,25 @@ async def test_traffic_splits_by_variant_weight_and_follows_desired_weight(
         weights = {v["VariantName"]: v["CurrentWeight"] for v in described["ProductionVariants"]}
         assert weights == {"Light": 1.0, "Heavy": 0.0}
         assert await asyncio.to_thread(served_by, 50) == {"Light": 50}
+
+
+async def test_desired_count_and_weight_survive_a_restart(config_factory: Any) -> None:
+    config = config_factory()
+    async with running_router(config) as router:
+        await deploy_scaled(router)
+        sagemaker = control_client(router.admin_url)
+        await call(
+            sagemaker.update_endpoint_weights_and_capacities,
+            EndpointName="scaled",
+            DesiredWeightsAndCapacities=[
+                {"VariantName": "AllTraffic", "DesiredInstanceCount": 2, "DesiredWeight": 2.0}
+            ],
+        )
+        await until(lambda: not router.scaler.is_changing("scaled"), 20, "the scale-out")
+    async with running_router(config) as router:
+        await until(lambda: not router.scaler.is_changing("scaled"), 20, "the restore")
+        variant = (
+            await call(control_client(router.admin_url).describe_endpoint, EndpointName="scaled")
+        )["ProductionVariants"][0]
+        assert (variant["CurrentInstanceCount"], variant["DesiredInstanceCount"]) == (2, 2)
+        assert variant["CurrentWeight"] == 2.0
