@@ -134,6 +134,15 @@ def _number(params: Mapping[str, Any], member: str) -> float | None:
     return float(value)
 
 
+def _string_list(params: Mapping[str, Any], member: str) -> list[str] | None:
+    value = params.get(member)
+    if value is not None and (
+        not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+    ):
+        raise ValidationError(f"{member} must be a list of strings.")
+    return value
+
+
 def _mapping(params: Mapping[str, Any], member: str) -> Mapping[str, Any] | None:
     value = params.get(member)
     if value is None:
@@ -327,11 +336,7 @@ class AutoScaling:
     def describe_scalable_targets(self, params: Mapping[str, Any]) -> dict[str, Any]:
         _check_namespace(_string(params, "ServiceNamespace"))
         dimension = _string(params, "ScalableDimension", required=False)
-        ids = params.get("ResourceIds")
-        if ids is not None and (
-            not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)
-        ):
-            raise ValidationError("ResourceIds must be a list of strings.")
+        ids = _string_list(params, "ResourceIds")
         keys = [
             k
             for k, t in self.targets.items()
@@ -429,11 +434,7 @@ class AutoScaling:
         _check_namespace(_string(params, "ServiceNamespace"))
         resource_id = _string(params, "ResourceId", required=False)
         dimension = _string(params, "ScalableDimension", required=False)
-        names = params.get("PolicyNames")
-        if names is not None and (
-            not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-        ):
-            raise ValidationError("PolicyNames must be a list of strings.")
+        names = _string_list(params, "PolicyNames")
         keys = [
             k
             for k, p in self.policies.items()

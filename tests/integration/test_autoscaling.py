@@ -52,6 +52,23 @@ async def deploy_scaled(router: Router, **variant: Any) -> None:
     await router.create_endpoint({"EndpointName": "scaled", "EndpointConfigName": "scaled"})
 
 
+@contextlib.asynccontextmanager
+async def scaled_router(
+    config_factory: Any, period: float, *, scale_in: int, max_capacity: int
+) -> AsyncIterator[tuple[Router, Any]]:
+    """A router with a fast target tracking period, the endpoint deployed and registered."""
+    settings = AutoscalingSettings(
+        period_seconds=period, scale_out_datapoints=3, scale_in_datapoints=scale_in
+    )
+    async with running_router(config_factory(autoscaling=settings)) as router:
+        await deploy_scaled(router)
+        client = autoscaling_client(router)
+        await call(
+            client.register_scalable_target, **target(MinCapacity=1, MaxCapacity=max_capacity)
+        )
+        yield router, client
+
+
 async def until(condition: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -346,13 +363,7 @@ async def test_weights_and_capacities_without_a_failed_request(config_factory: A
 
 
 async def test_target_tracking_scales_out_and_in(config_factory: Any) -> None:
-    settings = AutoscalingSettings(
-        period_seconds=0.5, scale_out_datapoints=3, scale_in_datapoints=6
-    )
-    async with running_router(config_factory(autoscaling=settings)) as router:
-        await deploy_scaled(router)
-        client = autoscaling_client(router)
-        await call(client.register_scalable_target, **target(MinCapacity=1, MaxCapacity=3))
+    async with scaled_router(config_factory, 0.5, scale_in=6, max_capacity=3) as (router, client):
         await call(
             client.put_scaling_policy,
             PolicyName="ipi",
@@ -403,13 +414,7 @@ async def test_hottest_container_cpu_scales_where_invocations_per_instance_does_
 ) -> None:
     """Same total rate, the mix shifted to a CPU-heavy call: InvocationsPerInstance stays
     flat, the hottest container's CPU rises, and only that policy scales out."""
-    settings = AutoscalingSettings(
-        period_seconds=1.0, scale_out_datapoints=3, scale_in_datapoints=60
-    )
-    async with running_router(config_factory(autoscaling=settings)) as router:
-        await deploy_scaled(router)
-        client = autoscaling_client(router)
-        await call(client.register_scalable_target, **target(MinCapacity=1, MaxCapacity=2))
+    async with scaled_router(config_factory, 1.0, scale_in=60, max_capacity=2) as (router, client):
         ipi = {
             "TargetValue": 1200.0,  # 20 per second per instance: the load below is 10
             "PredefinedMetricSpecification": {
