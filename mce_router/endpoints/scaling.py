@@ -33,7 +33,7 @@ from ..control.autoscaling import ROUTER_NAMESPACE, AutoScaling, TargetKey, Targ
 from ..control.store import AutoscalingKind, Store
 from ..control.validation import check_name
 from ..dataplane.proxy import RuntimeServer
-from ..errors import EndpointStartupError, ValidationError
+from ..errors import ValidationError
 from ..metrics import ProcessTreeSampler, RouterMetrics
 from .deployment import Deployment
 from .manager import EndpointManager
@@ -70,8 +70,9 @@ class Scaler:
         self._server = server
         self._metrics = metrics
         self.autoscaling: AutoScaling | None = None
-        #: (endpoint lower-cased, variant) -> the instance count asked for.
-        self._desired: dict[tuple[str, str], int] = {}
+        #: (endpoint lower-cased, variant) -> the fleet and the instance count asked of it (a
+        #: fleet replaced by UpdateEndpoint starts again from its InitialInstanceCount).
+        self._desired: dict[tuple[str, str], tuple[Deployment, int]] = {}
         self._changing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._policy_state: dict[tuple[str, str], _PolicyState] = {}
         self._last_counts: dict[tuple[str, ...], int] = {}
@@ -104,14 +105,20 @@ class Scaler:
 
     def desired_instance_count(self, endpoint: str, variant: str) -> int:
         name, fleet = self._fleet(endpoint, variant)
-        return self._desired.get((name.lower(), variant), fleet.instance_count(variant))
+        return self._wanted(name, variant, fleet)
+
+    def _wanted(self, endpoint: str, variant: str, fleet: Deployment) -> int:
+        asked = self._desired.get((endpoint.lower(), variant))
+        return (
+            asked[1] if asked is not None and asked[0] is fleet else fleet.instance_count(variant)
+        )
 
     def set_desired_instance_count(self, endpoint: str, variant: str, count: int) -> None:
         name, fleet = self._fleet(endpoint, variant)
         self._check_capacity(fleet, variant, count)
         key = (name.lower(), variant)
         self._remember(name, variant, DesiredInstanceCount=count)
-        self._desired[key] = count
+        self._desired[key] = (fleet, count)
         task = self._changing.get(key)
         if task is None or task.done():
             self._changing[key] = asyncio.get_running_loop().create_task(
@@ -122,10 +129,11 @@ class Scaler:
         """Keep a variant's desired count and weight in the state file: a restart brings the
         endpoint back with them (the endpoint's CreationTime tells a recreated one apart)."""
         key = f"{endpoint.lower()}|{variant}"
-        created = self._endpoints.get(endpoint).created_at
+        state = self._endpoints.get(endpoint)
+        origin = {"CreationTime": state.created_at, "EndpointConfigName": state.config_name}
         stored = dict(self._stored_capacities().get(key, {}))
-        if stored.get("CreationTime") != created:
-            stored = {"CreationTime": created}
+        if any(stored.get(k) != v for k, v in origin.items()):
+            stored = origin
         stored.update(values)
         if not self._store.closed:
             self._store.for_change().change_autoscaling(put=[("capacity", key, stored)])
@@ -140,7 +148,11 @@ class Scaler:
         for key, stored in self._stored_capacities().items():
             name, _, variant = key.partition("|")
             state = self._endpoints.endpoints.get(name)
-            if state is None or state.created_at != stored.get("CreationTime"):
+            if (
+                state is None
+                or state.created_at != stored.get("CreationTime")
+                or state.config_name != stored.get("EndpointConfigName")
+            ):
                 stale.append(("capacity", key))
                 continue
             fleet = state.deployment
@@ -181,21 +193,31 @@ class Scaler:
             key[0] == endpoint.lower() and not task.done() for key, task in self._changing.items()
         )
 
+    def _routed(self, endpoint: str, fleet: Deployment) -> bool:
+        """Whether ``fleet`` is what the routing table serves for the endpoint: not replaced by
+        UpdateEndpoint, not being deleted (a swap must never bring it back)."""
+        state = self._endpoints.endpoints.get(endpoint)
+        return (
+            state is not None
+            and state.deployment is fleet
+            and state.status in (EndpointStatus.IN_SERVICE, EndpointStatus.UPDATING)
+        )
+
     async def _reconcile(self, endpoint: str, variant: str) -> None:
         key = (endpoint.lower(), variant)
         while True:
             state = self._endpoints.endpoints.get(endpoint)
             fleet = None if state is None else state.deployment
-            if fleet is None or fleet.route is None:
+            if fleet is None or fleet.route is None or not self._routed(endpoint, fleet):
                 return
             current = fleet.instance_count(variant)
-            desired = self._desired.get(key, current)
+            desired = self._wanted(endpoint, variant, fleet)
             if desired > current:
                 results = await asyncio.gather(
                     *(fleet.start_instance(variant) for _ in range(desired - current)),
                     return_exceptions=True,
                 )
-                if state is not None and state.deployment is fleet and fleet.route is not None:
+                if fleet.route is not None and self._routed(endpoint, fleet):
                     self._server.table = self._server.table.with_endpoint(fleet.route)
                 failed = [r for r in results if isinstance(r, BaseException)]
                 for error in failed:
@@ -203,9 +225,10 @@ class Scaler:
                         raise error
                     log.error("scale-out of %s/%s failed: %s", endpoint, variant, error)
                 if failed:
-                    message = getattr(failed[0], "message", repr(failed[0]))
-                    self._desired[key] = fleet.instance_count(variant)
-                    raise EndpointStartupError(message)
+                    # What did start serves; the count asked for becomes what runs, so that
+                    # DescribeEndpoint does not promise instances that will not come.
+                    self._desired[key] = (fleet, fleet.instance_count(variant))
+                    return
                 log.info("%s/%s scaled out to %d instances", endpoint, variant, desired)
             elif desired < current:
                 route, slots = fleet.detach_instance(variant)
@@ -281,9 +304,7 @@ class Scaler:
             variant = summary["VariantName"]
             current = fleet.instance_count(variant)
             summary["CurrentInstanceCount"] = current
-            summary["DesiredInstanceCount"] = self._desired.get(
-                (state.name.lower(), variant), current
-            )
+            summary["DesiredInstanceCount"] = self._wanted(state.name, variant, fleet)
             if variant in fleet.weights:
                 summary["CurrentWeight"] = summary["DesiredWeight"] = fleet.weights[variant]
         if self.is_changing(state.name) and described["EndpointStatus"] == "InService":
