@@ -386,6 +386,10 @@ class Scaler:
             if state is None or state.deployment is None:
                 continue
             fleet = state.deployment
+            if self._metrics is None and policy.namespace == "AWS/SageMaker":
+                # metrics.enabled false: no invocation is counted, and zeros must not read as
+                # idle (that would scale in); CPU policies still work (sampled here).
+                continue
             instances = max(1, fleet.instance_count(policy.target.variant))
             value = _metric_value(policy, state.name, instances, deltas, cpu, period)
             self._track(policy, state.name, fleet.instance_count(policy.target.variant), value)
