@@ -161,6 +161,18 @@ TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 @dataclass(frozen=True, slots=True)
+class AutoscalingSettings:
+    """Target tracking's clock (see :mod:`mce_router.endpoints.scaling`): AWS evaluates one
+    datapoint per minute; a shorter period makes the same policies act in seconds (tests)."""
+
+    period_seconds: float = 60.0
+    #: Consecutive datapoints above the target that scale out (AWS: 3).
+    scale_out_datapoints: int = 3
+    #: Consecutive datapoints below 90 % of the target that scale in (AWS: 15).
+    scale_in_datapoints: int = 15
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -211,6 +223,7 @@ class RouterConfig:
     process: ProcessSettings = field(default_factory=ProcessSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
     state_dir: Path = Path("mce-state")
     #: The SQLite file holding models, endpoint configs and endpoints; None means
     #: ``<state_dir>/state.db``.
@@ -248,6 +261,7 @@ class RouterConfig:
             "process",
             "metrics",
             "tracing",
+            "autoscaling",
             "auth",
             "state_dir",
             "state_file",
@@ -267,6 +281,7 @@ class RouterConfig:
             "process": _section(ProcessSettings, raw.get("process"), "process"),
             "metrics": _section(MetricsSettings, raw.get("metrics"), "metrics"),
             "tracing": _section(TracingSettings, raw.get("tracing"), "tracing"),
+            "autoscaling": _section(AutoscalingSettings, raw.get("autoscaling"), "autoscaling"),
         }
         listener = kwargs["listener"]
         for key in ("tls_cert_file", "tls_key_file"):
@@ -335,6 +350,7 @@ _Section = TypeVar(
     ProcessSettings,
     MetricsSettings,
     TracingSettings,
+    AutoscalingSettings,
 )
 
 
@@ -476,6 +492,9 @@ def _validate(config: RouterConfig) -> None:
         "metrics.usage_sample_seconds": config.metrics.usage_sample_seconds,
         "metrics.emf_interval_seconds": config.metrics.emf_interval_seconds,
         "tracing.hop_log_size": config.tracing.hop_log_size,
+        "autoscaling.period_seconds": config.autoscaling.period_seconds,
+        "autoscaling.scale_out_datapoints": config.autoscaling.scale_out_datapoints,
+        "autoscaling.scale_in_datapoints": config.autoscaling.scale_in_datapoints,
     }
     for name, value in positive.items():
         if value <= 0:

@@ -118,6 +118,16 @@ class ContainerEngineError(RouterError, OSError):
         return self.message
 
 
+class ObjectNotFound(ResourceNotFound):
+    """Application Auto Scaling's missing scalable target or scaling policy
+    (ObjectNotFoundException)."""
+
+
+class InvalidNextToken(ValidationError):
+    """A NextToken that no Describe* call of Application Auto Scaling issued
+    (InvalidNextTokenException)."""
+
+
 class ResourceInUse(RouterError):
     """The resource exists already, or another resource depends on it."""
 
@@ -241,6 +251,8 @@ _WIRE_TABLE: dict[type[BaseException], tuple[int, str, str]] = {
     UnknownTarget: (400, "UnknownOperationException", "UnknownOperationException"),
     UnknownOperation: (404, "UnknownOperationException", "UnknownOperationException"),
     SerializationError: (400, "ValidationError", "SerializationException"),
+    ObjectNotFound: (400, "ValidationError", "ObjectNotFoundException"),
+    InvalidNextToken: (400, "ValidationError", "InvalidNextTokenException"),
     EndpointNotFound: (400, "ValidationError", "ValidationException"),
     ModelNotFound: (400, "ValidationError", "ValidationException"),
     EndpointConfigNotFound: (400, "ValidationError", "ValidationException"),

@@ -30,11 +30,13 @@ from typing import Any
 from aiohttp import web
 
 from .admin.app import AdminApp
+from .admin.autoscaling_api import AutoScalingApi
 from .admin.control_api import ControlApi
 from .admin.sts import StsApi
 from .aio import cancelled, finished_before
 from .arns import Arns, ResourceKind
 from .config import RouterConfig
+from .control.autoscaling import AutoScaling
 from .control.catalog import Catalog
 from .control.resources import EndpointConfigRecord, ModelRecord, NameMap
 from .control.status import EndpointStatus
@@ -43,6 +45,7 @@ from .control.tags import Tagging
 from .dataplane.proxy import RuntimeServer
 from .endpoints.manager import EndpointManager
 from .endpoints.recovery import apply_declared_resources, recover_endpoints
+from .endpoints.scaling import Scaler
 from .endpoints.state import EndpointState
 from .errors import ConfigError, ResourceNotFound, RouterError, RouterStartupError
 from .metrics import RouterMetrics
@@ -68,6 +71,7 @@ class _Running:
     catalog: Catalog
     endpoints: EndpointManager
     admin: web.AppRunner
+    scaler: Scaler
 
 
 class Router:
@@ -134,6 +138,7 @@ class Router:
             catalog.load()
             recovering = recover_endpoints(running.store, endpoints)
             await asyncio.gather(*(endpoints.settled(state) for state in recovering))
+            running.scaler.restore()
             await apply_declared_resources(self.config, catalog, endpoints)
         except BaseException:
             await self.stop(drain_seconds=0)
@@ -212,7 +217,11 @@ class Router:
                 "endpoint": endpoints.endpoints,
             },
         )
-        control = ControlApi(catalog, endpoints, tagging, self.guard, self._arns)
+        scaler = Scaler(config, endpoints, server, self.metrics, store)
+        # Before the endpoints stop: a scale-in's instance is stopped by its own task.
+        stack.push_async_callback(scaler.stop)
+        scaler.autoscaling = AutoScaling(store, scaler, config.region, config.account_id)
+        control = ControlApi(catalog, endpoints, tagging, self.guard, self._arns, scaler)
         admin = web.AppRunner(
             AdminApp(
                 control.handle,
@@ -220,6 +229,7 @@ class Router:
                 self.metrics,
                 namespaces,
                 self.readiness,
+                AutoScalingApi(scaler.autoscaling, self.guard).handle,
                 hop_log=hooks.hop_log if hooks is not None else None,
                 guard=self.guard,
             ).build(),
@@ -241,7 +251,11 @@ class Router:
             await site.start()
         # First of all at stop: stop accepting and let in-flight requests finish.
         stack.push_async_callback(self._close_runtime_listener, listener, server)
-        self._running = _Running(store, runtime, server, listener, catalog, endpoints, admin)
+        self._running = _Running(
+            store, runtime, server, listener, catalog, endpoints, admin, scaler
+        )
+        tracking = loop.create_task(scaler.run(), name="target tracking")
+        stack.push_async_callback(cancelled, tracking)
         if self.metrics is not None:
             sampler = loop.create_task(
                 self.metrics.run_sampler(
@@ -337,6 +351,11 @@ class Router:
     def _url_host(self) -> str:
         host = self.config.listener.host
         return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+    @property
+    def scaler(self) -> Scaler:
+        """Instance counts, weights and target tracking (Application Auto Scaling)."""
+        return self._parts().scaler
 
     @property
     def runtime_server(self) -> RuntimeServer:

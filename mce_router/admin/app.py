@@ -21,6 +21,8 @@ from ..security import Guard
 from ..tracing import HopLog
 from .sts import is_sts_request
 
+#: Application Auto Scaling's X-Amz-Target prefix (SageMaker's is ``SageMaker.``).
+AUTOSCALING_TARGET_PREFIX = "AnyScaleFrontendService."
 #: The admin app's ``client_max_size``: larger control-plane bodies are refused unread.
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -39,6 +41,8 @@ class AdminApp:
     :param cloudwatch_namespaces: namespace renames for ``?format=put-metric-data``.
     :param readiness: what ``GET /ready`` reports (``/ping`` is liveness: 200 while the
         process serves at all).
+    :param autoscaling: the handler of ``POST /`` with ``X-Amz-Target:
+        AnyScaleFrontendService.<Operation>`` (Application Auto Scaling).
     :param hop_log: what ``GET /hop-log`` serves; None: 404.
     :param guard: with authentication on, ``GET /hop-log`` must be SigV4-signed (service
         ``sagemaker``) and allowed ``sagemaker:GetHopLog``, as the control plane's calls are.
@@ -51,6 +55,7 @@ class AdminApp:
         metrics: RouterMetrics | None,
         cloudwatch_namespaces: Mapping[str, str],
         readiness: Readiness,
+        autoscaling: Handler | None = None,
         *,
         hop_log: HopLog | None = None,
         guard: Guard | None = None,
@@ -58,6 +63,7 @@ class AdminApp:
         self._hop_log = hop_log
         self._guard = guard
         self._control_plane = control_plane
+        self._autoscaling = autoscaling
         self._sts = sts
         self._readiness = readiness
         self._metrics = metrics
@@ -78,6 +84,9 @@ class AdminApp:
     async def post_root(self, request: web.Request) -> web.StreamResponse:
         if is_sts_request(request):
             return await self._sts(request)
+        target = request.headers.get("X-Amz-Target", "")
+        if self._autoscaling is not None and target.startswith(AUTOSCALING_TARGET_PREFIX):
+            return await self._autoscaling(request)
         return await self._control_plane(request)
 
     async def ping(self, request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from ..control.catalog import Catalog
 from ..control.tags import Tagging
 from ..control.validation import required_name
 from ..endpoints.manager import EndpointManager
+from ..endpoints.scaling import Scaler
 from ..errors import RouterError, SerializationError, UnknownTarget, wire_error
 from ..security import Guard
 from .app import MAX_BODY_BYTES
@@ -38,45 +39,17 @@ Params = Mapping[str, Any]
 Operation = Callable[[Params], Awaitable[dict[str, Any]]]
 
 
-class ControlApi:
-    """Maps the thirteen model / endpoint config / endpoint operations to the catalog (models,
-    endpoint configs) and the endpoint manager, the three tag operations to the tagging, and
-    ListContexts to its empty answer; :meth:`handle` is the ``POST /`` handler."""
+class JsonApi:
+    """One AWS JSON 1.1 service: ``X-Amz-Target: <prefix><Operation>`` names an entry of
+    ``operations``; :meth:`handle` is the ``POST /`` handler. ``service`` is what requests are
+    signed for, and operations are authorized as ``<action_prefix>:<Operation>``."""
 
-    def __init__(
-        self,
-        catalog: Catalog,
-        endpoints: EndpointManager,
-        tagging: Tagging,
-        guard: Guard | None,
-        arns: Arns,
-    ) -> None:
+    target_prefix = TARGET_PREFIX
+    service = "sagemaker"
+
+    def __init__(self, guard: Guard | None, operations: dict[str, Operation]) -> None:
         self._guard = guard
-        self._arns = arns
-        self._endpoints = endpoints
-        self._operations: dict[str, Operation] = {
-            "CreateModel": _create(catalog.create_model, "ModelArn", arns, "model"),
-            "DescribeModel": _named(catalog.describe_model, "ModelName"),
-            "ListModels": _listing(catalog.list_models),
-            "DeleteModel": _named(catalog.delete_model, "ModelName"),
-            "CreateEndpointConfig": _create(
-                catalog.create_endpoint_config, "EndpointConfigArn", arns, "endpoint-config"
-            ),
-            "DescribeEndpointConfig": _named(
-                catalog.describe_endpoint_config, "EndpointConfigName"
-            ),
-            "ListEndpointConfigs": _listing(catalog.list_endpoint_configs),
-            "DeleteEndpointConfig": _named(catalog.delete_endpoint_config, "EndpointConfigName"),
-            "CreateEndpoint": self._create_endpoint,
-            "DescribeEndpoint": _named(endpoints.describe_endpoint, "EndpointName"),
-            "ListEndpoints": _listing(endpoints.list_endpoints),
-            "UpdateEndpoint": self._update_endpoint,
-            "DeleteEndpoint": self._delete_endpoint,
-            "AddTags": _listing(tagging.add_tags),
-            "ListTags": _listing(tagging.list_tags),
-            "DeleteTags": _listing(tagging.delete_tags),
-            "ListContexts": _listing(_no_contexts),
-        }
+        self._operations = operations
 
     async def handle(self, request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4())
@@ -95,11 +68,14 @@ class ControlApi:
                     request.raw_path.partition("?")[2].encode(),
                     request.raw_headers,
                     raw,
+                    service=self.service,
                 )
             )
             params = _parse_params(raw)
             if guard is not None and credential is not None:
-                guard.authorize_operation(credential, _operation_name(target), params)
+                guard.authorize_operation(
+                    credential, self._operation_name(target), params, service=self.service
+                )
             operation = self._operation(target)
             output = await operation(params)
         except Exception as exc:
@@ -111,16 +87,72 @@ class ControlApi:
             )
         return _response(200, output, request_id)
 
+    def _operation_name(self, target: str) -> str:
+        prefix = self.target_prefix
+        return target.removeprefix(prefix) if target.startswith(prefix) else ""
+
     def _operation(self, target: str) -> Operation:
-        name = _operation_name(target)
+        name = self._operation_name(target)
         operation = self._operations.get(name)
         if operation is None:
             shown = repr(target) if target else "no X-Amz-Target header"
             raise UnknownTarget(
-                f"Unknown operation {shown}: this router serves SageMaker.<Operation> for "
-                f"{', '.join(self._operations)}."
+                f"Unknown operation {shown}: this router serves {self.target_prefix}<Operation> "
+                f"for {', '.join(self._operations)}."
             )
         return operation
+
+
+class ControlApi(JsonApi):
+    """Maps the thirteen model / endpoint config / endpoint operations to the catalog (models,
+    endpoint configs) and the endpoint manager, the three tag operations to the tagging, and
+    ListContexts to its empty answer; :meth:`handle` is the ``POST /`` handler."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        endpoints: EndpointManager,
+        tagging: Tagging,
+        guard: Guard | None,
+        arns: Arns,
+        scaler: Scaler,
+    ) -> None:
+        self._arns = arns
+        self._endpoints = endpoints
+        super().__init__(
+            guard,
+            {
+                "CreateModel": _create(catalog.create_model, "ModelArn", arns, "model"),
+                "DescribeModel": _named(catalog.describe_model, "ModelName"),
+                "ListModels": _listing(catalog.list_models),
+                "DeleteModel": _named(catalog.delete_model, "ModelName"),
+                "CreateEndpointConfig": _create(
+                    catalog.create_endpoint_config, "EndpointConfigArn", arns, "endpoint-config"
+                ),
+                "DescribeEndpointConfig": _named(
+                    catalog.describe_endpoint_config, "EndpointConfigName"
+                ),
+                "ListEndpointConfigs": _listing(catalog.list_endpoint_configs),
+                "DeleteEndpointConfig": _named(
+                    catalog.delete_endpoint_config, "EndpointConfigName"
+                ),
+                "CreateEndpoint": self._create_endpoint,
+                "DescribeEndpoint": _named(
+                    lambda name: scaler.describe(name, endpoints.describe_endpoint(name)),
+                    "EndpointName",
+                ),
+                "ListEndpoints": _listing(endpoints.list_endpoints),
+                "UpdateEndpoint": self._update_endpoint,
+                "UpdateEndpointWeightsAndCapacities": _listing(
+                    scaler.update_weights_and_capacities
+                ),
+                "DeleteEndpoint": self._delete_endpoint,
+                "AddTags": _listing(tagging.add_tags),
+                "ListTags": _listing(tagging.list_tags),
+                "DeleteTags": _listing(tagging.delete_tags),
+                "ListContexts": _listing(_no_contexts),
+            },
+        )
 
     # --- the endpoint operations answer at once; their work goes on in the background --------
 
@@ -163,15 +195,6 @@ def _named(call: Callable[[str], dict[str, Any] | None], field: str) -> Operatio
     return operation
 
 
-def _listing(call: Callable[[Params], dict[str, Any]]) -> Operation:
-    """An operation that takes the whole request (List*, the tag operations)."""
-
-    async def operation(params: Params) -> dict[str, Any]:
-        return call(params)
-
-    return operation
-
-
 def _no_contexts(params: Params) -> dict[str, Any]:
     """ListContexts (ML lineage): always empty. SageMaker creates an ``Endpoint`` lineage
     context per endpoint for SageMaker ML Lineage Tracking; this router keeps no lineage graph
@@ -181,8 +204,13 @@ def _no_contexts(params: Params) -> dict[str, Any]:
     return {"ContextSummaries": []}
 
 
-def _operation_name(target: str) -> str:
-    return target.removeprefix(TARGET_PREFIX) if target.startswith(TARGET_PREFIX) else ""
+def _listing(call: Callable[[Params], dict[str, Any]]) -> Operation:
+    """An operation that takes the whole request (List*, the tag operations)."""
+
+    async def operation(params: Params) -> dict[str, Any]:
+        return call(params)
+
+    return operation
 
 
 async def _read_body(request: web.Request) -> bytes:

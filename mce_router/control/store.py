@@ -43,8 +43,9 @@ from ..arns import ResourceKind
 from ..errors import ConfigError, ServiceUnavailable
 
 #: Bumped when the schema changes; a file written by a newer router is refused, not misread.
-#: 2 added the tags table (filled from the stored bodies when a schema-1 file is opened).
-SCHEMA_VERSION = 2
+#: 2 added the tags table (filled from the stored bodies when a schema-1 file is opened); 3 the
+#: autoscaling table (empty when an older file is opened: those routers had no autoscaling).
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -75,9 +76,17 @@ CREATE TABLE IF NOT EXISTS tags (
     value TEXT NOT NULL,
     PRIMARY KEY (kind, name, key)
 );
+CREATE TABLE IF NOT EXISTS autoscaling (
+    kind TEXT NOT NULL,  -- target, policy or activity (Application Auto Scaling's objects)
+    key TEXT NOT NULL,  -- the target's ResourceId and dimension, then the policy name or id
+    body BLOB NOT NULL,  -- the object as its Describe* call answers it
+    PRIMARY KEY (kind, key)
+);
 """
 
 ResourceTable = Literal["models", "endpoint_configs"]
+#: ``capacity``: a variant's DesiredInstanceCount and DesiredWeight, restored at start.
+AutoscalingKind = Literal["target", "policy", "activity", "capacity"]
 #: (Key, Value) pairs in the order they were first added.
 Tags = Sequence[tuple[str, str]]
 _TABLE_KINDS: dict[str, ResourceKind] = {"models": "model", "endpoint_configs": "endpoint-config"}
@@ -264,6 +273,28 @@ class Store:
             db.executemany(
                 "DELETE FROM tags WHERE kind = ? AND name = ? AND key = ?",
                 [(kind, name, key) for key in keys],
+            )
+
+    # --- Application Auto Scaling's targets, policies, activities ------------------------------
+
+    def list_autoscaling(self, kind: AutoscalingKind) -> list[tuple[str, dict[str, Any]]]:
+        rows = self._db.execute(
+            "SELECT key, body FROM autoscaling WHERE kind = ? ORDER BY rowid", (kind,)
+        ).fetchall()
+        return [(row[0], orjson.loads(row[1])) for row in rows]
+
+    def change_autoscaling(
+        self,
+        put: Iterable[tuple[AutoscalingKind, str, dict[str, Any]]] = (),
+        delete: Iterable[tuple[AutoscalingKind, str]] = (),
+    ) -> None:
+        """Write and delete objects in one transaction (a target goes with its policies)."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM autoscaling WHERE kind = ? AND key = ?", list(delete))
+            db.executemany(
+                "INSERT INTO autoscaling (kind, key, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body",
+                [(kind, key, orjson.dumps(body)) for kind, key, body in put],
             )
 
 

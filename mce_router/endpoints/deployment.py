@@ -60,6 +60,10 @@ class Deployment:
         self._slots: list[ContainerSlot] = []
         self._stopping = False
         self.route: EndpointRoute | None = None
+        #: Routes replaced by a scaling change whose requests may still be in flight.
+        self.replaced_routes: list[EndpointRoute] = []
+        #: DesiredWeight per variant set by UpdateEndpointWeightsAndCapacities.
+        self.weights: dict[str, float] = {}
         self._build_slots()
 
     @property
@@ -67,29 +71,35 @@ class Deployment:
         return tuple(self._slots)
 
     def _build_slots(self) -> None:
-        logs = self._config.state_dir / "logs" / self.endpoint_name
         for variant in self.endpoint_config.variants:
-            model = self.models[variant.model_name]
-            window = float(
-                variant.container_startup_health_check_timeout
-                or self._config.health.startup_timeout_seconds
-            )
             for _ in range(variant.initial_instance_count):
-                instance_id = f"i-{uuid.uuid4().hex[:12]}"
-                for container in model.containers:
-                    launch = ContainerLaunch(
-                        endpoint_name=self.endpoint_name,
-                        variant_name=variant.variant_name,
-                        instance_id=instance_id,
-                        container_name=container.name,
-                        image=container.image,
-                        environment=container.environment,
-                        log_path=logs
-                        / variant.variant_name
-                        / instance_id
-                        / f"{container.name}.log",
-                    )
-                    self._slots.append(ContainerSlot(launch, window))
+                self._slots.extend(self.instance_slots(variant.variant_name))
+
+    def instance_slots(self, variant_name: str) -> list[ContainerSlot]:
+        """The container slots of one new instance of the variant (not started)."""
+        logs = self._config.state_dir / "logs" / self.endpoint_name
+        variant = next(v for v in self.endpoint_config.variants if v.variant_name == variant_name)
+        model = self.models[variant.model_name]
+        window = float(
+            variant.container_startup_health_check_timeout
+            or self._config.health.startup_timeout_seconds
+        )
+        instance_id = f"i-{uuid.uuid4().hex[:12]}"
+        return [
+            ContainerSlot(
+                ContainerLaunch(
+                    endpoint_name=self.endpoint_name,
+                    variant_name=variant.variant_name,
+                    instance_id=instance_id,
+                    container_name=container.name,
+                    image=container.image,
+                    environment=container.environment,
+                    log_path=logs / variant.variant_name / instance_id / f"{container.name}.log",
+                ),
+                window,
+            )
+            for container in model.containers
+        ]
 
     async def start(self) -> EndpointRoute:
         """Start every container; all must pass /ping within their startup window, otherwise
@@ -151,8 +161,10 @@ class Deployment:
             model = self.models[variant.model_name]
             direct = model.mode is ExecutionMode.DIRECT
             instance_routes = []
-            for instance_slots in by_variant[variant.variant_name]:
-                chain = tuple(self._make_upstream(slot, loop) for slot in instance_slots)
+            for instance_slots in by_variant.get(variant.variant_name, []):
+                chain = tuple(
+                    slot.upstream or self._make_upstream(slot, loop) for slot in instance_slots
+                )
                 instance_routes.append(
                     InstanceRoute(
                         instance_slots[0].launch.instance_id,
@@ -162,7 +174,7 @@ class Deployment:
                 )
             variant_route = VariantRoute(
                 variant.variant_name,
-                variant.initial_variant_weight,
+                self.weights.get(variant.variant_name, variant.initial_variant_weight),
                 tuple(instance_routes),
                 direct,
             )
@@ -312,13 +324,108 @@ class Deployment:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._config.health.restart_backoff_max_seconds)
 
+    # --- instances that come and go (mce_router.endpoints.scaling decides when) ---------------
+
+    def instance_count(self, variant_name: str) -> int:
+        return len(
+            {s.launch.instance_id for s in self._slots if s.launch.variant_name == variant_name}
+        )
+
+    async def start_instance(self, variant_name: str) -> EndpointRoute:
+        """Start one more instance of the variant (all its containers); once every one passed
+        /ping, answer the new route with it (the caller swaps it into the routing table).
+        :class:`EndpointStartupError` (nothing left running) when a container fails."""
+        slots = self.instance_slots(variant_name)
+        try:
+            results = await asyncio.gather(
+                *(self._start_slot(slot) for slot in slots), return_exceptions=True
+            )
+        except BaseException:
+            await asyncio.shield(self._stop_slots(slots, 0))
+            raise
+        failures = [
+            f"{slot.launch.container_name}: {result}"
+            for slot, result in zip(slots, results, strict=True)
+            if result is not None
+        ]
+        if failures or self._stopping:
+            await self._stop_slots(slots, 0)
+            raise EndpointStartupError(
+                f"A new instance of variant {variant_name} of endpoint {self.endpoint_name} did "
+                f"not pass the ping health check ({'; '.join(failures) or 'stopping'}).",
+                tuple(f.partition(":")[0] for f in failures),
+            )
+        self._slots.extend(slots)
+        return self._replace_route(slots)
+
+    def detach_instance(self, variant_name: str) -> tuple[EndpointRoute, list[ContainerSlot]]:
+        """Take the variant's newest instance out: the route without it (to swap in) and its
+        slots (to drain, then stop with :meth:`stop_instance`)."""
+        ids = [s.launch.instance_id for s in self._slots if s.launch.variant_name == variant_name]
+        victim = ids[-1]
+        slots = [s for s in self._slots if s.launch.instance_id == victim]
+        self._slots = [s for s in self._slots if s.launch.instance_id != victim]
+        return self._replace_route([]), slots
+
+    def set_weight(self, variant_name: str, weight: float) -> EndpointRoute:
+        self.weights[variant_name] = weight
+        return self._replace_route([])
+
+    def _replace_route(self, started: list[ContainerSlot]) -> EndpointRoute:
+        if self.route is not None:
+            self.replaced_routes.append(self.route)
+        self.route = self._build_route()
+        for slot in started:
+            assert slot.upstream is not None
+            slot.upstream.mark_available()
+            slot.supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(slot), name=f"supervise {slot.launch.label}"
+            )
+        return self.route
+
+    async def stop_instance(self, slots: list[ContainerSlot], drain_seconds: float) -> bool:
+        """Drain a detached instance (no request on any of its containers, or the deadline),
+        then stop it: SIGTERM, grace, SIGKILL. False when the deadline cut the drain."""
+        deadline = time.monotonic() + drain_seconds
+        pools = [s.upstream.pool for s in slots if s.upstream is not None]
+        try:
+            while True:
+                for pool in pools:
+                    pool.close_idle()  # a connection back from its call is idle: close it
+                if all(p.open_count == 0 and p.waiting_count == 0 for p in pools):
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.02)
+        finally:
+            # Also when cancelled (the router stops): a detached instance is no fleet's any more.
+            await asyncio.shield(self._stop_slots(slots, self._config.process.stop_grace_seconds))
+
+    async def _stop_slots(self, slots: list[ContainerSlot], grace: float) -> None:
+        supervisors = [s.supervisor for s in slots if s.supervisor is not None]
+        for task in supervisors:
+            task.cancel()
+        await asyncio.gather(*supervisors, return_exceptions=True)
+        for slot in slots:
+            if slot.upstream is not None:
+                slot.upstream.mark_unavailable("the instance was scaled in")
+                slot.upstream.pool.close()
+        await asyncio.gather(
+            *(self._runtime.stop(s.container, grace) for s in slots if s.container),
+            return_exceptions=True,
+        )
+
     # --- stopping ----------------------------------------------------------------------------
 
     @property
     def in_flight(self) -> int:
         if self.route is None:
             return 0
-        return sum(v.in_flight for v in self.route.variants)
+        self.replaced_routes = [
+            r for r in self.replaced_routes if any(v.in_flight for v in r.variants)
+        ]
+        routes = (self.route, *self.replaced_routes)
+        return sum(v.in_flight for route in routes for v in route.variants)
 
     async def drain(self, seconds: float) -> bool:
         """Wait until no request of this deployment is in flight; False if the deadline hit."""

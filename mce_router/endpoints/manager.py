@@ -211,6 +211,9 @@ class EndpointManager:
             items.append(ListItem(name, state.created_at, summary, state.modified_at, status))
         return list_page(items, request)
 
+    def arn(self, name: str) -> str:
+        return self._arns.of("endpoint", name)
+
     def get(self, name: str) -> EndpointState:
         """The endpoint named ``name``; :class:`EndpointNotFound` when there is none."""
         return self._endpoint(name)

@@ -10,6 +10,7 @@ so that a port just released is not handed out again at once.
 
 from __future__ import annotations
 
+import random
 import socket
 
 from ..errors import RouterError
@@ -30,7 +31,10 @@ class PortBlocks:
         self._count = count
         self._what = what
         self._taken: set[int] = set()
-        self._next = 0
+        # Each router starts at its own random block: a port found free here is not reserved
+        # until its container binds it, so two routers (or test sessions) on one host that
+        # both began at the first block would hand out the same ports at the same moment.
+        self._next = random.randrange(count) if count > 0 else 0
 
     def allocate(self) -> tuple[int, int]:
         """The first and last port of a free block, now reserved until :meth:`release`."""

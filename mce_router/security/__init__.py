@@ -23,7 +23,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .actions import (
+    AUTOSCALING_SERVICE,
     INVOKE_ENDPOINT_ACTION,
+    autoscaling_request,
     control_plane_requests,
     endpoint_arn,
     endpoint_config_arn,
@@ -49,6 +51,7 @@ from .sigv4 import Body, Credential, PendingSignature, SigV4Verifier
 
 __all__ = [
     "AUDIT_LOGGER_NAME",
+    "AUTOSCALING_SERVICE",
     "INVOKE_ENDPOINT_ACTION",
     "TARGET_CONTAINER_KEY",
     "AccessDenied",
@@ -98,6 +101,12 @@ class Guard:
         self.verifier = _verifier(config, "sagemaker", clock)
         # STS requests (GetCallerIdentity on the admin port) are signed for the service "sts".
         self.sts_verifier = _verifier(config, "sts", clock)
+        # Application Auto Scaling (on the admin port too) signs for its own service name.
+        self._verifiers = {
+            "sagemaker": self.verifier,
+            "sts": self.sts_verifier,
+            AUTOSCALING_SERVICE: _verifier(config, AUTOSCALING_SERVICE, clock),
+        }
         self.audit = audit or AuditLog(config.audit)
 
     @classmethod
@@ -123,10 +132,12 @@ class Guard:
         body: Body = b"",
         *,
         sts: bool = False,
+        service: str = "sagemaker",
     ) -> Credential:
-        """Verify a whole request; ``sts``: one signed for STS (GetCallerIdentity on the admin
-        port), which has nothing to authorize: AWS answers it whatever the policies say."""
-        verifier = self.sts_verifier if sts else self.verifier
+        """Verify a whole request signed for ``service``; ``sts``: one signed for STS
+        (GetCallerIdentity on the admin port), which has nothing to authorize: AWS answers it
+        whatever the policies say."""
+        verifier = self._verifiers["sts" if sts else service]
         return verifier.verify(method, raw_path, raw_query, headers, body)
 
     # -- authorization ----------------------------------------------------------------------
@@ -155,13 +166,20 @@ class Guard:
         )
 
     def authorize_operation(
-        self, credential: Credential, operation: str, params: Mapping[str, Any]
+        self,
+        credential: Credential,
+        operation: str,
+        params: Mapping[str, Any],
+        *,
+        service: str = "sagemaker",
     ) -> tuple[Decision, ...]:
-        """``sagemaker:<operation>`` on every resource the call names (all must be allowed)."""
-        return tuple(
-            self.authorize(credential, request)
-            for request in control_plane_requests(operation, params, self.region, self.account_id)
-        )
+        """``sagemaker:<operation>`` on every resource the call names (all must be allowed);
+        for Application Auto Scaling ``application-autoscaling:<operation>``."""
+        if service == AUTOSCALING_SERVICE:
+            requests: tuple[AuthzRequest, ...] = (autoscaling_request(operation, params),)
+        else:
+            requests = control_plane_requests(operation, params, self.region, self.account_id)
+        return tuple(self.authorize(credential, request) for request in requests)
 
 
 def _verifier(config: AuthConfig, service: str, clock: Callable[[], float]) -> SigV4Verifier:

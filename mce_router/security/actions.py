@@ -8,6 +8,7 @@
   does for actions without resource types. CreateEndpoint and UpdateEndpoint need both the
   endpoint and the endpoint config (IAM lists both resource types for them), so they produce
   two requests and every one must be allowed.
+- Application Auto Scaling's operations ``X`` are ``application-autoscaling:X`` on ``*``.
 - The tag operations (AddTags, ListTags, DeleteTags) are ``sagemaker:<Operation>`` on the
   resource their ``ResourceArn`` names (its name lower-cased like the router's own ARNs).
 
@@ -26,6 +27,8 @@ from .patterns import TARGET_CONTAINER_KEY
 from .policy import AuthzRequest
 
 INVOKE_ENDPOINT_ACTION: Final = "sagemaker:InvokeEndpoint"
+#: Application Auto Scaling's signing name and IAM action prefix.
+AUTOSCALING_SERVICE: Final = "application-autoscaling"
 
 
 def endpoint_arn(region: str, account_id: str, name: str) -> str:
@@ -122,3 +125,11 @@ def control_plane_requests(
             )
         )
     return tuple(requests)
+
+
+def autoscaling_request(operation: str, params: Mapping[str, Any]) -> AuthzRequest:
+    """``application-autoscaling:<Operation>`` on ``*``: the router's scalable targets have no
+    ARN a policy could name before they exist, so, as most AWS policies for it do, the action
+    alone decides (``params`` is accepted for symmetry with the SageMaker operations)."""
+    del params
+    return AuthzRequest(f"{AUTOSCALING_SERVICE}:{operation}", "*")

@@ -39,7 +39,8 @@ Process knobs (environment):
 
 Per-request behaviour of ``POST /invocations`` comes from ``X-Amzn-SageMaker-Custom-Attributes``
 (``key=value`` pairs separated by ``;`` or ``,``): ``action=`` one of ``echo`` (default),
-``status:N`` (with ``message=``), ``headers``, ``sleep:SECONDS``, ``hang``, ``crash``,
+``status:N`` (with ``message=``), ``headers``, ``sleep:SECONDS``, ``spin:SECONDS`` (busy CPU),
+``hang``, ``crash``,
 ``die-mid-body``, ``close``, ``garbage``, ``close-after``, ``big:N``, ``reason``, ``env``,
 ``set-ping:MODE`` (switch the ping behaviour from now on). ``headers`` reports the request as
 JSON ``{"method", "path", "headers", "body_length", "body"}`` (body decoded as latin-1), so
@@ -76,6 +77,7 @@ _ACTIONS = frozenset(
         "status",
         "headers",
         "sleep",
+        "spin",
         "hang",
         "crash",
         "die-mid-body",
@@ -358,6 +360,12 @@ class Server:
                 return await self.send(writer, request, 200, body, json_headers)
             if action == "sleep":
                 await asyncio.sleep(float(arg))
+                return await self.send(writer, request, 200, request.body, echo_headers)
+            if action == "spin":
+                # Busy CPU for that many seconds (blocking the loop on purpose: CPU cost).
+                until = time.monotonic() + float(arg)
+                while time.monotonic() < until:
+                    pass
                 return await self.send(writer, request, 200, request.body, echo_headers)
             if action == "hang":
                 await hang(reader)

@@ -98,17 +98,22 @@ async def test_quickstart_then_the_readme_boto3_snippets(tmp_path: Path) -> None
     async with _quickstart(tmp_path) as (runtime_port, admin_port, env):
         try_it = _python_block_after("Try it")
         control = _python_block_after("Control plane")
-        script = (try_it + "\n" + control).replace(":8080", f":{runtime_port}")
+        autoscaling = _python_block_after("Autoscaling")
+        script = (try_it + "\n" + control + "\n" + autoscaling).replace(":8080", f":{runtime_port}")
         script = script.replace(":8081", f":{admin_port}")
-        # Print what the control-plane snippet created, to check it below.
-        script += "\nprint(sm.describe_endpoint(EndpointName='e1')['EndpointStatus'])\n"
+        # Print what the control-plane and autoscaling snippets did, to check it below.
+        script += (
+            "\nprint(sagemaker.describe_endpoint(EndpointName='quickstart-direct')"
+            "['ProductionVariants'][0]['DesiredInstanceCount'])"
+            "\nprint(sm.describe_endpoint(EndpointName='e1')['EndpointStatus'])\n"
+        )
         result = await _run([sys.executable, "-c", script], env)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         # The outputs the README's comments promise.
         assert lines[0] == "b'{\"predictions\":[1.375]}'"
         assert "uses Direct invocation" in lines[1] and "TargetContainerHostname" in lines[1]
-        assert lines[-1] == "InService"
+        assert lines[-2:] == ["2", "InService"]
 
 
 async def test_the_readme_load_test_command_against_the_quickstart(tmp_path: Path) -> None:

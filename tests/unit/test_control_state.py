@@ -271,4 +271,33 @@ def test_a_schema_1_state_file_gets_the_tags_table_with_the_tags_of_its_bodies(
     finally:
         store.close()
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+
+
+def test_a_schema_2_state_file_gets_the_autoscaling_table(tmp_path: Path) -> None:
+    # A schema-2 file (what the router wrote before autoscaling): it opens, keeps its rows, and
+    # stores Application Auto Scaling objects from then on, across a reopen.
+    path = tmp_path / "v2.db"
+    store = Store.open(path)
+    store.insert_resource("models", "M", {"ModelName": "M"}, 1.0, [("k", "v")])
+    store.close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("DROP TABLE autoscaling")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+    store = Store.open(path)
+    try:
+        assert store.list_tags("model", "M") == [("k", "v")]
+        assert store.list_autoscaling("target") == []
+        store.change_autoscaling(put=[("target", "t", {"MinCapacity": 1})])
+    finally:
+        store.close()
+    store = Store.open(path)
+    try:
+        assert store.list_autoscaling("target") == [("t", {"MinCapacity": 1})]
+        store.change_autoscaling(delete=[("target", "t")])
+        assert store.list_autoscaling("target") == []
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
