@@ -208,6 +208,8 @@ class RouterMetrics(Collector):
 
     def __init__(self) -> None:
         self.containers: dict[tuple[str, str, str], CallStats] = {}
+        #: InvokeEndpointWithResponseStream calls by container (see :meth:`stream`).
+        self.streams: dict[tuple[str, str, str], CallStats] = {}
         #: Variants whose requests are recorded as a whole (Serial pipelines).
         self.variants: dict[tuple[str, str], CallStats] = {}
         #: Direct variants: each request touches one container, so the variant's numbers are
@@ -226,6 +228,15 @@ class RouterMetrics(Collector):
         found = self.containers.get(key)
         if found is None:
             found = self.containers[key] = CallStats(*key)
+        return found
+
+    def stream(self, endpoint: str, variant: str, container: str) -> CallStats:
+        """Response streams of a container: the latency recorded is the time to first byte,
+        the overhead the stream's whole duration (exported as such, not as OverheadLatency)."""
+        key = (endpoint, variant, container)
+        found = self.streams.get(key)
+        if found is None:
+            found = self.streams[key] = CallStats(*key)
         return found
 
     def variant(self, endpoint: str, variant: str) -> CallStats:

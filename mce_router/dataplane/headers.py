@@ -25,6 +25,8 @@ INFERENCE_ID: Final = 11
 ENABLE_EXPLANATIONS: Final = 12
 TARGET_MODEL: Final = 13
 SESSION_ID: Final = 14
+#: InvokeEndpointWithResponseStream sends the Accept it was given under this name.
+STREAM_ACCEPT: Final = 15
 
 #: Headers forwarded to every container, with the spelling the container receives.
 FORWARDED: Final[dict[int, bytes]] = {
@@ -46,6 +48,7 @@ CODES: Final[dict[bytes, int]] = {
     b"transfer-encoding": TRANSFER_ENCODING,
     b"connection": CONNECTION,
     b"expect": EXPECT,
+    b"x-amzn-sagemaker-accept": STREAM_ACCEPT,
     **{name.lower(): code for code, name in FORWARDED.items()},
 }
 
@@ -55,7 +58,8 @@ CODES: Final[dict[bytes, int]] = {
 _USUAL_SPELLINGS: Final = (
     b"Host", b"Content-Length", b"Content-Type", b"Accept", b"Transfer-Encoding",
     b"Connection", b"Expect", b"X-Amzn-SageMaker-Target-Container-Hostname",
-    b"X-Amzn-SageMaker-Target-Variant", *FORWARDED.values(), b"User-Agent",
+    b"X-Amzn-SageMaker-Target-Variant", *FORWARDED.values(), b"X-Amzn-SageMaker-Accept",
+    b"User-Agent",
     b"Accept-Encoding", b"Authorization", b"X-Amz-Date", b"X-Amz-Security-Token",
     b"X-Amz-Content-SHA256", b"amz-sdk-invocation-id", b"amz-sdk-request", b"Keep-Alive",
 )  # fmt: skip
@@ -125,6 +129,7 @@ class RequestHeaders:
         "content_type",
         "expect_continue",
         "forward_block",
+        "stream_accept",
         "target_container",
         "target_variant",
         "version_sensitive",
@@ -136,6 +141,8 @@ class RequestHeaders:
         self._connection_tokens: list[bytes] | None = None
         self.content_type: bytes | None = None
         self.accept: bytes | None = None
+        #: X-Amzn-SageMaker-Accept (the Accept of a response-stream request).
+        self.stream_accept: bytes | None = None
         self.content_length: int | None = None
         self.target_container: str | None = None
         self.target_variant: str | None = None
@@ -168,6 +175,8 @@ class RequestHeaders:
             pass  # only its presence matters (check_version)
         elif code == ACCEPT:
             self.accept = value
+        elif code == STREAM_ACCEPT:
+            self.stream_accept = value
         elif code >= CUSTOM_ATTRIBUTES:
             if self._forwarded is None:
                 self._forwarded = []

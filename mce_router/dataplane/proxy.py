@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from ..config import Limits
 from ..errors import (
@@ -77,6 +78,7 @@ class Upstream:
         "pool",
         "port",
         "request_head",
+        "stream_observer",
         "unavailable_reason",
         "variant_name",
     )
@@ -112,6 +114,9 @@ class Upstream:
         #: table is built). A concrete compiled class, not a protocol: the call is then a
         #: direct C call with unboxed floats, a third of what a method call on a protocol cost.
         self.observer: CallStats | None = None
+        #: Response streams of this container: latency is the time to first byte, overhead
+        #: the stream's whole duration (metrics.py exports them under those names).
+        self.stream_observer: CallStats | None = None
         self.request_head = b"POST /invocations HTTP/1.1\r\n" + self.host_header
 
     def mark_available(self) -> None:
@@ -189,13 +194,11 @@ def invocation_path(endpoint_name: str) -> bytes:
 
 #: The runtime API's invocation paths (``/endpoints/{name}/<action>``), all POST.
 _INVOCATION_ACTIONS: Final = (b"invocations", b"invocations-response-stream", b"async-invocations")
+#: InvokeEndpointWithResponseStream: served by streaming.py, off the hot path.
+_STREAM_ACTION: Final = b"invocations-response-stream"
 #: Those of them this router refuses, with the message a ValidationError carries (boto3 raises
 #: ``client.exceptions.ValidationError``); answered before any endpoint lookup.
 _UNSUPPORTED_INVOCATIONS: Final = {
-    b"invocations-response-stream": (
-        "Response streaming (InvokeEndpointWithResponseStream) is not supported by this router "
-        "yet; use InvokeEndpoint."
-    ),
     b"async-invocations": (
         "Asynchronous inference (InvokeEndpointAsync) is not supported by this router: it has "
         "no S3-compatible store to read the InputLocation from and write the output to. Call "
@@ -576,6 +579,8 @@ _STATE_SENT: Final = 1  # request written, waiting for the response
 _STATE_DONE: Final = 2
 
 
+# Response streams (streaming.py, not compiled) subclass it; calls on it stay vtable calls.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Invocation:
     __slots__ = (
         "_attempt_reused",
@@ -813,6 +818,9 @@ class Invocation:
             self._orphaned = True
             return True
         return False
+
+    def client_drained(self) -> None:
+        """The client's write buffer went below its low-water mark (a stream resumes reading)."""
 
     def abandon(self) -> None:
         """Shutdown: give up on a container call whose client has gone."""
@@ -1250,6 +1258,8 @@ class ClientConnection(asyncio.Protocol):
         self._write_blocked = False
         if self.closing:
             return
+        if self.current is not None:
+            self.current.client_drained()
         if self._pending and self.current is None:
             self._serve_pending()
         elif not self._in_head and self.current is None:
@@ -1479,6 +1489,9 @@ class ClientConnection(asyncio.Protocol):
                     )
                     return
                 route = self.server.table.by_name.get(name.lower())
+                if route is not None and action == _STREAM_ACTION:
+                    self._start_stream(route, request)
+                    return
                 if route is not None:  # another letter case, or a query string was appended
                     self._handle(request._replace_url(invocation_path(route.name)))
                     return
@@ -1500,6 +1513,61 @@ class ClientConnection(asyncio.Protocol):
             None,
             url=request.url,
         )
+
+    def _start_stream(self, route: EndpointRoute, request: _ParsedRequest) -> None:
+        # Imported here: streaming.py builds on this module (and is not compiled with it).
+        from .streaming import StreamInvocation
+
+        headers = request.headers
+        try:
+            variant, chain = _select(route, headers)
+        except RouterError as exc:
+            self._write_error(exc, request.keep_alive, None, route.name)
+            return
+        accept = headers.stream_accept
+        invocation = StreamInvocation(
+            self,
+            variant,
+            chain,
+            headers.content_type,
+            headers.forward_block,
+            headers.accept_block if accept is None else b"Accept: " + accept + b"\r\n",
+            request.body,
+            request.body_size,
+            request.keep_alive,
+            request.received_at,
+        )
+        self.current = invocation
+        variant.in_flight += 1
+        self.server.in_flight += 1
+        invocation.start(_clock())
+
+    def stream_head(self, invocation: Invocation, fields: bytes) -> None:
+        """Write the head of a response stream: status line, the usual headers, ``fields``."""
+        server = self.server
+        if self.transport is None or self.closing:
+            return
+        self._write(
+            b"".join(
+                (
+                    invocation.variant.ok_head,
+                    server.request_id_line(),
+                    server.date.get(_clock()),
+                    fields,
+                    b"\r\n" if invocation.keep_alive else b"Connection: close\r\n\r\n",
+                )
+            )
+        )
+
+    def stream_finished(self, invocation: Invocation, status: int) -> None:
+        """A response stream has been written to its end (or the client is gone)."""
+        if self.current is invocation:
+            self.current = None
+        invocation.variant.in_flight -= 1
+        self.server.in_flight -= 1
+        now = invocation.record(status)
+        if self.transport is not None and not self.closing:
+            self._after_response(invocation.keep_alive, now)
 
     def send_invocation_response(self, invocation: Invocation, response: UpstreamResponse) -> None:
         self.current = None

@@ -1,0 +1,307 @@
+"""InvokeEndpointWithResponseStream through unmodified boto3 (botocore's own event-stream
+parser) against real routers and real streaming container processes: Direct and Serial,
+incremental delivery, backpressure, errors before and after the first byte, disconnects,
+metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import socket
+import sys
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EventStreamError
+from conftest import (
+    call_raising,
+    container,
+    container_port,
+    deploy,
+    http_get,
+    images_for_tests,
+    multi_model,
+    running_router,
+    runtime_client,
+    wait_until,
+)
+
+from mce_router.config import Limits, ProcessImage
+
+STREAM_CONTAINER = Path(__file__).parent.parent / "containers" / "stream_container.py"
+STREAM_IMAGE = "test/stream:latest"
+
+
+def _images() -> dict[str, Any]:
+    return images_for_tests(
+        **{STREAM_IMAGE: ProcessImage(command=(sys.executable, str(STREAM_CONTAINER)))}
+    )
+
+
+def _stream_container(hostname: str | None, **environment: str) -> dict[str, Any]:
+    return container(hostname, STREAM_IMAGE, **environment)
+
+
+async def _container_stats(router: Any, endpoint: str, host: str) -> dict[str, int]:
+    status, body = await http_get(container_port(router, endpoint, host), "/stats")
+    assert status == 200
+    stats: dict[str, int] = json.loads(body)
+    return stats
+
+
+def _read_all(client: Any, **kwargs: Any) -> tuple[dict[str, Any], list[bytes]]:
+    response = client.invoke_endpoint_with_response_stream(**kwargs)
+    with closing(response["Body"]):
+        parts = [event["PayloadPart"]["Bytes"] for event in response["Body"]]
+    return response, parts
+
+
+async def stream(client: Any, **kwargs: Any) -> tuple[dict[str, Any], list[bytes]]:
+    """One call in a thread (boto3 blocks), every event read there."""
+    return await asyncio.to_thread(_read_all, client, **kwargs)
+
+
+async def stream_error(client: Any, **kwargs: Any) -> tuple[list[bytes], Exception]:
+    """A stream expected to fail while iterating: the parts before, and the exception."""
+
+    def run() -> tuple[list[bytes], Exception]:
+        response = client.invoke_endpoint_with_response_stream(**kwargs)
+        parts: list[bytes] = []
+        try:
+            for event in response["Body"]:
+                parts.append(event["PayloadPart"]["Bytes"])
+        except Exception as exc:  # the caller asserts the exact type
+            return parts, exc
+        finally:
+            response["Body"].close()
+        raise AssertionError(f"the stream ended without an error after {parts}")
+
+    return await asyncio.to_thread(run)
+
+
+@pytest.fixture
+def stream_config(config_factory: Any) -> Any:
+    def factory(**limits: Any) -> Any:
+        return config_factory(images=_images(), limits=Limits(**limits))
+
+    return factory
+
+
+DIRECT = multi_model(
+    "sdirect", [_stream_container("alpha"), _stream_container("bravo")], "Direct"
+)
+
+
+async def test_direct_stream_parts_in_order_with_headers(stream_config: Any) -> None:
+    async with running_router(stream_config()) as router:
+        endpoint = await deploy(router, DIRECT)
+        with closing(runtime_client(router)) as client:
+            response, parts = await stream(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="bravo",
+                Body=b"",
+                CustomAttributes="action=stream;parts=5",
+            )
+            assert b"".join(parts) == b"".join(b"part %d\n" % i for i in range(5))
+            assert response["ContentType"] == "application/jsonlines"
+            assert response["InvokedProductionVariant"] == "AllTraffic"
+            headers = response["ResponseMetadata"]["HTTPHeaders"]
+            assert headers["content-type"] == "application/vnd.amazon.eventstream"
+
+            # Accept arrives as X-Amzn-SageMaker-Accept and reaches the container as Accept;
+            # the body, its Content-Type and the custom attributes cross unchanged.
+            response, parts = await stream(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="alpha",
+                Body=b'{"x": 1}',
+                ContentType="application/json; charset=utf-8",
+                Accept="text/plain",
+                CustomAttributes="action=echo;report=1",
+                InferenceId="abc",
+            )
+            assert parts == [b'{"x": 1}', b"accept=text/plain"]
+            assert response["ContentType"] == "application/json; charset=utf-8"
+            assert response["CustomAttributes"] == "action=echo;report=1"
+
+            # text/event-stream and a Content-Length body read in pieces are relayed as-is.
+            _, parts = await stream(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="alpha",
+                Body=b"",
+                CustomAttributes="action=sse;parts=3",
+            )
+            assert b"".join(parts) == b"data: token 0\n\ndata: token 1\n\ndata: token 2\n\n"
+            response, parts = await stream(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="alpha",
+                Body=b"",
+                CustomAttributes="action=plain;parts=3;gap=0.05",
+            )
+            assert b"".join(parts) == b"part 0\npart 1\npart 2\n"
+            assert len(parts) == 3  # written 50 ms apart: one event per piece
+            # Keep-alive: streams reuse the pooled connection (new sockets: this probe, and a
+            # health ping at most, in the time five short streams take).
+            before = await _container_stats(router, endpoint, "alpha")
+            for _ in range(5):
+                _, parts = await stream(
+                    client, EndpointName=endpoint, TargetContainerHostname="alpha", Body=b""
+                )
+                assert len(parts) == 3
+            after = await _container_stats(router, endpoint, "alpha")
+            assert after["invocations"] == before["invocations"] + 5
+            assert after["connections"] - before["connections"] <= 2, (before, after)
+
+
+async def test_first_part_arrives_while_container_still_generating(stream_config: Any) -> None:
+    async with running_router(stream_config()) as router:
+        endpoint = await deploy(router, DIRECT)
+        with closing(runtime_client(router)) as client:
+
+            def run() -> list[float]:
+                started = time.perf_counter()
+                response = client.invoke_endpoint_with_response_stream(
+                    EndpointName=endpoint,
+                    TargetContainerHostname="alpha",
+                    Body=b"",
+                    CustomAttributes="action=stream;parts=2;gap=1.5",
+                )
+                with closing(response["Body"]):
+                    return [time.perf_counter() - started for _ in response["Body"]]
+
+            arrivals = await asyncio.to_thread(run)
+            assert len(arrivals) == 2
+            # The container waits 1.5 s between its parts: the first is read well before.
+            assert arrivals[0] < 1.0, arrivals
+            assert arrivals[1] >= 1.4, arrivals
+
+
+async def test_direct_validation_and_model_errors_before_first_byte(stream_config: Any) -> None:
+    async with running_router(stream_config()) as router:
+        endpoint = await deploy(router, DIRECT)
+        with closing(runtime_client(router)) as client:
+            for kwargs, needle in (
+                ({}, "set TargetContainerHostname"),
+                ({"TargetContainerHostname": "zulu"}, "zulu is not a container"),
+            ):
+                exc = await call_raising_stream(client, EndpointName=endpoint, Body=b"", **kwargs)
+                assert isinstance(exc, client.exceptions.ValidationError), exc
+                assert needle in str(exc)
+            exc = await call_raising_stream(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="alpha",
+                Body=b"",
+                CustomAttributes="action=status:503;message=model overloaded",
+            )
+            assert isinstance(exc, client.exceptions.ModelError), exc
+            error = exc.response  # type: ignore[attr-defined]
+            assert error["OriginalStatusCode"] == 503
+            assert error["OriginalMessage"] == "model overloaded"
+            assert "alpha" in error["Error"]["Message"]
+            exc = await call_raising_stream(client, EndpointName="nope", Body=b"")
+            assert isinstance(exc, ClientError)
+            assert "nope" in str(exc)
+
+
+async def call_raising_stream(client: Any, **kwargs: Any) -> Exception:
+    try:
+        await stream(client, **kwargs)
+    except Exception as exc:  # the caller asserts the exact type
+        return exc
+    raise AssertionError("the stream succeeded but an error was expected")
+
+
+async def test_target_on_serial_endpoint_refused(stream_config: Any) -> None:
+    model = multi_model("sser1", [_stream_container(None)], "Serial")
+    async with running_router(stream_config()) as router:
+        endpoint = await deploy(router, model)
+        with closing(runtime_client(router)) as client:
+            exc = await call_raising_stream(
+                client, EndpointName=endpoint, TargetContainerHostname="a", Body=b""
+            )
+            assert isinstance(exc, client.exceptions.ValidationError), exc
+            assert "not configured for Direct invocation" in str(exc)
+
+
+async def test_serial_streams_last_stage(stream_config: Any) -> None:
+    # Stage 1 (fault container) echoes with its own Content-Type; stage 2 streams it back.
+    model = multi_model(
+        "sserial",
+        [
+            container("first", FAULT_RESPONSE_CONTENT_TYPE="application/x-stage1"),
+            _stream_container("last", STREAM_DEFAULT_ACTION="echo"),
+        ],
+        "Serial",
+    )
+    async with running_router(stream_config()) as router:
+        endpoint = await deploy(router, model)
+        with closing(runtime_client(router)) as client:
+            response, parts = await stream(
+                client, EndpointName=endpoint, Body=b"hello serial", Accept="text/x-final"
+            )
+            assert parts == [b"hello serial"]
+            # The earlier stage's Content-Type went on to the last one, which echoed it.
+            assert response["ContentType"] == "application/x-stage1"
+
+
+async def test_errors_after_first_byte(stream_config: Any) -> None:
+    async with running_router(
+        stream_config(stream_silence_timeout_seconds=0.5, stream_max_duration_seconds=30.0)
+    ) as router:
+        endpoint = await deploy(router, DIRECT)
+        with closing(runtime_client(router)) as client:
+            parts, exc = await stream_error(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="alpha",
+                Body=b"",
+                CustomAttributes="action=silent",
+            )
+            assert parts == [b"part 0\n"]
+            assert isinstance(exc, EventStreamError), exc
+            assert exc.response["Error"]["Code"] == "ModelStreamError"
+            # botocore keeps the event's Message only; it starts with the ErrorCode.
+            message = exc.response["Error"]["Message"]
+            assert message.startswith("ModelInvocationTimeExceeded: "), message
+            assert "stream_silence_timeout_seconds" in message
+
+            parts, exc = await stream_error(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="bravo",
+                Body=b"",
+                CustomAttributes="action=die",
+            )
+            assert b"".join(parts) == b"part 0\npart 1\n"
+            assert isinstance(exc, EventStreamError), exc
+            assert exc.response["Error"]["Code"] == "ModelStreamError"
+            assert exc.response["Error"]["Message"].startswith("StreamBroken: ")
+
+
+async def test_total_stream_time_limit(stream_config: Any) -> None:
+    async with running_router(
+        stream_config(stream_silence_timeout_seconds=5.0, stream_max_duration_seconds=0.6)
+    ) as router:
+        endpoint = await deploy(router, DIRECT)
+        with closing(runtime_client(router)) as client:
+            parts, exc = await stream_error(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="alpha",
+                Body=b"",
+                CustomAttributes="action=stream;parts=20;gap=0.1",
+            )
+            assert 2 <= len(parts) < 20, parts
+            assert isinstance(exc, EventStreamError), exc
+            message = exc.response["Error"]["Message"]
+            assert message.startswith("ModelInvocationTimeExceeded: "), message
+            assert "stream_max_duration_seconds" in message
