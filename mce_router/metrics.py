@@ -308,6 +308,7 @@ class RouterMetrics(Collector):
             v_labels,
             self.variant_stats(),
         )
+        yield from _stream_families(c_labels, self.streams.items())
         cpu = GaugeMetricFamily(
             "sagemaker_container_cpu_utilization_percent",
             "CPU of the container's process tree, percent of one core (CPUUtilization).",
@@ -439,6 +440,36 @@ def _call_families(
             sum(s.overhead_sum for s in sources),
         )
     yield from (invocations, e4, e5, latency, overhead)
+
+
+def _stream_families(
+    labels: list[str], items: Iterable[tuple[tuple[str, ...], CallStats]]
+) -> Iterator[Any]:
+    """Response streams per container (RouterMetrics.stream): how many, how long until the
+    first part reached the client, how long until the stream ended."""
+    invocations = CounterMetricFamily(
+        "mce_router_stream_invocations",
+        "InvokeEndpointWithResponseStream calls of a container (also counted in its "
+        "Invocations).",
+        labels=labels,
+    )
+    first_byte = HistogramMetricFamily(
+        "mce_router_stream_time_to_first_byte_seconds",
+        "From the request sent to the container to its first part handed to the client "
+        "(streams that failed before it: 0).",
+        labels=labels,
+    )
+    duration = HistogramMetricFamily(
+        "mce_router_stream_duration_seconds",
+        "From the request's arrival at the router to the stream's end.",
+        labels=labels,
+    )
+    for key, stats in items:
+        values = list(key)
+        invocations.add_metric(values, stats.count)
+        first_byte.add_metric(values, _cumulative(stats.latency_buckets), stats.latency_sum)
+        duration.add_metric(values, _cumulative(stats.overhead_buckets), stats.overhead_sum)
+    yield from (invocations, first_byte, duration)
 
 
 _MICROS = 1_000_000.0

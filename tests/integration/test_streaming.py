@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EventStreamError
+from prometheus_client.parser import text_string_to_metric_families
 from conftest import (
     call_raising,
     container,
@@ -305,3 +306,142 @@ async def test_total_stream_time_limit(stream_config: Any) -> None:
             message = exc.response["Error"]["Message"]
             assert message.startswith("ModelInvocationTimeExceeded: "), message
             assert "stream_max_duration_seconds" in message
+
+
+def _raw_stream_request(endpoint: str, target: str, attributes: str) -> bytes:
+    return (
+        f"POST /endpoints/{endpoint}/invocations-response-stream HTTP/1.1\r\n"
+        "Host: router\r\nContent-Length: 0\r\n"
+        f"X-Amzn-SageMaker-Target-Container-Hostname: {target}\r\n"
+        f"X-Amzn-SageMaker-Custom-Attributes: {attributes}\r\n\r\n"
+    ).encode()
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+async def test_slow_client_backpressure_bounds_memory(stream_config: Any) -> None:
+    """64 MiB offered by the container to a client that stops reading: the router stops
+    reading the container (it cannot finish), holds a bounded amount, then relays it all."""
+    parts, size = 4096, 16384
+    async with running_router(stream_config()) as router:
+        endpoint = await deploy(router, DIRECT)
+        sock = socket.create_connection(("127.0.0.1", router.runtime_port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        with closing(sock):
+            sock.sendall(
+                _raw_stream_request(endpoint, "alpha", f"action=big;parts={parts};size={size}")
+            )
+            gc.collect()
+            rss_before = _rss()
+            await asyncio.sleep(1.5)  # the client reads nothing meanwhile
+            stats = await _container_stats(router, endpoint, "alpha")
+            assert stats["finished"] == 0, "the container wrote 64 MiB into a stalled stream"
+            grown = _rss() - rss_before
+            assert grown < 24 * 1024 * 1024, f"router memory grew {grown} bytes"
+
+            def drain() -> int:
+                total = 0
+                sock.settimeout(30)
+                tail = b""
+                while True:
+                    data = sock.recv(1 << 20)
+                    if not data:
+                        return total
+                    total += len(data)
+                    tail = (tail + data)[-5:]
+                    if tail == b"0\r\n\r\n":
+                        return total
+
+            received = await asyncio.to_thread(drain)
+            # Every payload byte arrived, plus the framing.
+            assert received > parts * size
+        await wait_until(
+            lambda: _finished(router, endpoint), 10, "the container to finish its stream"
+        )
+
+
+async def _finished(router: Any, endpoint: str) -> bool:
+    return (await _container_stats(router, endpoint, "alpha"))["finished"] == 1
+
+
+async def test_client_disconnect_mid_stream_leaks_nothing(stream_config: Any) -> None:
+    async with running_router(stream_config()) as router:
+        endpoint = await deploy(router, DIRECT)
+        upstream = router.runtime_server.table.by_name[endpoint].variants[0].instances[0]
+        pool = upstream.by_name["alpha"].pool
+        tasks_before = len(asyncio.all_tasks())
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.runtime_port)
+            writer.write(_raw_stream_request(endpoint, "alpha", "action=stream;parts=50;gap=0.2"))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200")
+            await asyncio.wait_for(reader.read(100), 10)  # part of the first event
+            writer.close()
+            await writer.wait_closed()
+
+        async def settled() -> bool:
+            stats = await _container_stats(router, endpoint, "alpha")
+            return (
+                router.runtime_server.in_flight == 0
+                and not router.runtime_server.orphans
+                and pool.open_count == 0
+                and stats["aborted"] == 3
+                and stats["active"] == 1  # only the /stats probe itself
+            )
+
+        await wait_until(settled, 10, "the container connections to close")
+        assert len(asyncio.all_tasks()) <= tasks_before
+        # The pool still works after it.
+        with closing(runtime_client(router)) as client:
+            _, parts = await stream(
+                client, EndpointName=endpoint, TargetContainerHostname="alpha", Body=b""
+            )
+            assert len(parts) == 3
+
+
+async def test_stream_metrics(stream_config: Any) -> None:
+    async with running_router(stream_config()) as router:
+        endpoint = await deploy(router, DIRECT)
+        with closing(runtime_client(router)) as client:
+            await stream(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="alpha",
+                Body=b"",
+                CustomAttributes="action=stream;parts=2;gap=0.3",
+            )
+            await call_raising_stream(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="alpha",
+                Body=b"",
+                CustomAttributes="action=status:404",
+            )
+            await stream_error(
+                client,
+                EndpointName=endpoint,
+                TargetContainerHostname="bravo",
+                Body=b"",
+                CustomAttributes="action=die",
+            )
+        _, text = await http_get(router.admin_port, "/metrics")
+        samples = {
+            (sample.name, sample.labels.get("container_name")): sample.value
+            for family in text_string_to_metric_families(text.decode())
+            for sample in family.samples
+            if sample.labels.get("endpoint_name") == endpoint
+            and not sample.name.endswith("_bucket")
+        }
+        assert samples[("sagemaker_container_invocations_total", "alpha")] == 2
+        assert samples[("sagemaker_container_invocation_4xx_errors_total", "alpha")] == 1
+        assert samples[("sagemaker_container_invocation_5xx_errors_total", "bravo")] == 1
+        # ContainerLatency of a stream runs to its last byte: the 0.3 s gap is in it.
+        assert samples[("sagemaker_container_latency_seconds_sum", "alpha")] >= 0.3
+        assert samples[("mce_router_stream_invocations_total", "alpha")] == 2
+        assert samples[("mce_router_stream_invocations_total", "bravo")] == 1
+        first_byte = samples[("mce_router_stream_time_to_first_byte_seconds_sum", "alpha")]
+        duration = samples[("mce_router_stream_duration_seconds_sum", "alpha")]
+        assert 0 < first_byte < 0.3 <= duration, (first_byte, duration)
