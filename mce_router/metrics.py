@@ -449,8 +449,7 @@ def _stream_families(
     first part reached the client, how long until the stream ended."""
     invocations = CounterMetricFamily(
         "mce_router_stream_invocations",
-        "InvokeEndpointWithResponseStream calls of a container (also counted in its "
-        "Invocations).",
+        "InvokeEndpointWithResponseStream calls of a container (also counted in its Invocations).",
         labels=labels,
     )
     first_byte = HistogramMetricFamily(

@@ -20,7 +20,7 @@ import errno
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +40,8 @@ from .control.status import EndpointStatus
 from .control.store import Store, acquire_lock
 from .control.tags import Tagging
 from .dataplane.proxy import RuntimeServer
+from .dataplane.stream_client import invoke_stream
+from .dataplane.streaming import StreamInvocation
 from .endpoints.manager import EndpointManager
 from .endpoints.recovery import apply_declared_resources, recover_endpoints
 from .endpoints.state import EndpointState
@@ -150,6 +152,7 @@ class Router:
             account_id=config.account_id,
             guard=self.guard,
             answers=self.metrics.answers if self.metrics is not None else None,
+            stream_type=StreamInvocation,
         )
         stack.callback(server.close)  # its sweeper timer must not outlive the router
         stack.callback(server.abort_all)
@@ -296,6 +299,37 @@ class Router:
     @property
     def runtime_server(self) -> RuntimeServer:
         return self._parts().server
+
+    def invoke_endpoint_with_response_stream(
+        self,
+        endpoint_name: str,
+        body: bytes,
+        *,
+        content_type: str | None = None,
+        accept: str | None = None,
+        target_container_hostname: str | None = None,
+        target_variant: str | None = None,
+        custom_attributes: str | None = None,
+        inference_id: str | None = None,
+    ) -> AsyncIterator[bytes]:
+        """InvokeEndpointWithResponseStream from this process: an async iterator of the parts'
+        bytes, in order, each as soon as the container sent it. Errors before the first part
+        raise as for InvokeEndpoint (:class:`~mce_router.errors.ModelError`,
+        :class:`~mce_router.errors.ValidationError`, ...); after it,
+        :class:`~mce_router.errors.StreamError` while iterating. The call goes through the
+        runtime listener like any client's, so with ``auth.mode: sigv4`` it is refused (sign
+        with boto3 instead)."""
+        return invoke_stream(
+            self.runtime_url,
+            endpoint_name,
+            body,
+            content_type=content_type,
+            accept=accept,
+            target_container_hostname=target_container_hostname,
+            target_variant=target_variant,
+            custom_attributes=custom_attributes,
+            inference_id=inference_id,
+        )
 
     def arn(self, kind: ResourceKind, name: str) -> str:
         return self._arns.of(kind, name)

@@ -85,3 +85,56 @@ def _exception(kind: str, body: dict[str, str]) -> bytes:
         )
     )
     return frame(headers, json.dumps(body).encode())
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a well-formed event stream (bad length or checksum)."""
+
+
+#: botocore's own bound on one message (its decoder refuses larger ones).
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024 + 128 * 1024
+
+
+class Decoder:
+    """Splits received bytes into messages: ``feed`` returns ``(headers, payload)`` of every
+    message completed so far (string headers only: the only type this API uses)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[dict[str, str], bytes]]:
+        buffer = self._buffer
+        buffer += data
+        messages = []
+        while len(buffer) >= 12:
+            total, headers_length = _PRELUDE.unpack_from(buffer)
+            if total > MAX_MESSAGE_BYTES or total < 16 + headers_length:
+                raise DecodeError(f"an event-stream message of {total} bytes")
+            if _CRC.unpack_from(buffer, 8)[0] != zlib.crc32(bytes(buffer[:8])):
+                raise DecodeError("an event-stream prelude checksum does not match")
+            if len(buffer) < total:
+                break
+            message = bytes(buffer[:total])
+            del buffer[:total]
+            if _CRC.unpack_from(message, total - 4)[0] != zlib.crc32(message[: total - 4]):
+                raise DecodeError("an event-stream message checksum does not match")
+            messages.append(
+                (_headers(message[12 : 12 + headers_length]), message[12 + headers_length : -4])
+            )
+        return messages
+
+
+def _headers(block: bytes) -> dict[str, str]:
+    headers = {}
+    at = 0
+    while at < len(block):
+        name_length = block[at]
+        name = block[at + 1 : at + 1 + name_length].decode()
+        at += 1 + name_length
+        kind, value_length = struct.unpack_from(">BH", block, at)
+        if kind != _STRING:
+            raise DecodeError(f"event-stream header {name} has value type {kind}, not string")
+        at += 3
+        headers[name] = block[at : at + value_length].decode()
+        at += value_length
+    return headers

@@ -920,6 +920,24 @@ _HEX_PAIR_LINES: Final = tuple(b"%02x\r\n" % low for low in range(256))
 _CACHED_LINES: Final = 1024
 
 
+#: How a response stream is made: Invocation's constructor arguments, an Invocation subclass.
+StreamType = Callable[
+    [
+        "ClientConnection",
+        VariantRoute,
+        tuple[Upstream, ...],
+        bytes | None,
+        bytes,
+        bytes,
+        list[bytes],
+        int,
+        bool,
+        float,
+    ],
+    Invocation,
+]
+
+
 class RuntimeServer:
     """Shared state of all client connections of one runtime listener.
 
@@ -939,8 +957,12 @@ class RuntimeServer:
         account_id: str = "000000000000",
         guard: Guard | None = None,
         answers: RouterAnswers | None = None,
+        stream_type: StreamType | None = None,
     ) -> None:
         self.loop = loop
+        #: Serves InvokeEndpointWithResponseStream (streaming.StreamInvocation, which builds on
+        #: this module, hence passed in); None answers those requests with a ValidationError.
+        self.stream_type = stream_type
         self.account_id = account_id
         #: Counts the errors the router itself answers; None when metrics are off.
         self.answers = answers
@@ -1515,9 +1537,18 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def _start_stream(self, route: EndpointRoute, request: _ParsedRequest) -> None:
-        # Imported here: streaming.py builds on this module (and is not compiled with it).
-        from .streaming import StreamInvocation
-
+        stream_type = self.server.stream_type
+        if stream_type is None:
+            self._write_error(
+                ValidationError(
+                    "Response streaming (InvokeEndpointWithResponseStream) is not enabled on "
+                    "this listener; use InvokeEndpoint."
+                ),
+                request.keep_alive,
+                None,
+                url=request.url,
+            )
+            return
         headers = request.headers
         try:
             variant, chain = _select(route, headers)
@@ -1525,7 +1556,7 @@ class ClientConnection(asyncio.Protocol):
             self._write_error(exc, request.keep_alive, None, route.name)
             return
         accept = headers.stream_accept
-        invocation = StreamInvocation(
+        invocation = stream_type(
             self,
             variant,
             chain,

@@ -311,7 +311,9 @@ class StreamInvocation(Invocation):
         if reader.content_type is not None:
             fields.append(b"X-Amzn-SageMaker-Content-Type: " + reader.content_type + b"\r\n")
         if reader.custom_attributes is not None:
-            fields.append(b"X-Amzn-SageMaker-Custom-Attributes: " + reader.custom_attributes + b"\r\n")
+            fields.append(
+                b"X-Amzn-SageMaker-Custom-Attributes: " + reader.custom_attributes + b"\r\n"
+            )
         self.client.stream_head(self, b"".join(fields))
 
     def _end_stream(self, last_event: bytes, status: int) -> None:

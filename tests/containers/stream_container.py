@@ -99,9 +99,7 @@ async def _stream(
     await writer.drain()
 
 
-async def _invocation(
-    writer: asyncio.StreamWriter, headers: dict[str, str], body: bytes
-) -> None:
+async def _invocation(writer: asyncio.StreamWriter, headers: dict[str, str], body: bytes) -> None:
     raw_attributes = headers.get("x-amzn-sagemaker-custom-attributes", "")
     attrs = _attributes(raw_attributes)
     action = attrs.get("action", os.environ.get("STREAM_DEFAULT_ACTION", "stream"))
@@ -164,8 +162,9 @@ async def _invocation(
         await _stream(writer, "application/octet-stream", [piece(i) for i in range(parts)], 0)
     else:
         message = f"unknown action {action}".encode()
-        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (
-            len(message), message))
+        writer.write(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(message), message)
+        )
     STATS["finished"] += 1
 
 

@@ -10,7 +10,6 @@ import gc
 import json
 import socket
 import sys
-import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -18,9 +17,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EventStreamError
-from prometheus_client.parser import text_string_to_metric_families
 from conftest import (
-    call_raising,
     container,
     container_port,
     deploy,
@@ -31,7 +28,9 @@ from conftest import (
     runtime_client,
     wait_until,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
+from mce_router import ModelError, StreamError, ValidationError
 from mce_router.config import Limits, ProcessImage
 
 STREAM_CONTAINER = Path(__file__).parent.parent / "containers" / "stream_container.py"
@@ -93,9 +92,7 @@ def stream_config(config_factory: Any) -> Any:
     return factory
 
 
-DIRECT = multi_model(
-    "sdirect", [_stream_container("alpha"), _stream_container("bravo")], "Direct"
-)
+DIRECT = multi_model("sdirect", [_stream_container("alpha"), _stream_container("bravo")], "Direct")
 
 
 async def test_direct_stream_parts_in_order_with_headers(stream_config: Any) -> None:
@@ -445,3 +442,81 @@ async def test_stream_metrics(stream_config: Any) -> None:
         first_byte = samples[("mce_router_stream_time_to_first_byte_seconds_sum", "alpha")]
         duration = samples[("mce_router_stream_duration_seconds_sum", "alpha")]
         assert 0 < first_byte < 0.3 <= duration, (first_byte, duration)
+
+
+async def test_sigv4_and_iam_apply_as_to_invoke_endpoint(config_factory: Any) -> None:
+    from test_auth import ALICE, BOB, auth_config, client
+
+    endpoint = "guardedstream"
+    config = config_factory(images=_images(), auth=auth_config(endpoint))
+    model = multi_model(
+        endpoint, [_stream_container("common"), _stream_container("special1")], "Direct"
+    )
+    async with running_router(config) as router:
+        await deploy(router, model)
+        alice = client("sagemaker-runtime", router.runtime_url, ALICE)
+        stranger = client("sagemaker-runtime", router.runtime_url, ("AKIDNOBODY", "x" * 30))
+        with closing(alice), closing(stranger):
+            _, parts = await stream(
+                alice, EndpointName=endpoint, TargetContainerHostname="common", Body=b""
+            )
+            assert len(parts) == 3
+            # sagemaker:TargetContainerHostname: Alice may stream from common* only.
+            exc = await call_raising_stream(
+                alice, EndpointName=endpoint, TargetContainerHostname="special1", Body=b""
+            )
+            assert isinstance(exc, ClientError), exc
+            assert exc.response["Error"]["Code"] == "AccessDeniedException"
+            assert "sagemaker:InvokeEndpoint" in exc.response["Error"]["Message"]
+            exc = await call_raising_stream(
+                stranger, EndpointName=endpoint, TargetContainerHostname="common", Body=b""
+            )
+            assert isinstance(exc, ClientError), exc
+            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        bob = client("sagemaker-runtime", router.runtime_url, BOB)
+        with closing(bob):
+            exc = await call_raising_stream(
+                bob, EndpointName=endpoint, TargetContainerHostname="special1", Body=b""
+            )
+            assert exc.response["Error"]["Code"] == "AccessDeniedException"  # type: ignore[attr-defined]
+
+
+async def test_embedded_async_iterator(stream_config: Any) -> None:
+    async with running_router(stream_config(stream_silence_timeout_seconds=0.5)) as router:
+        endpoint = await deploy(router, DIRECT)
+        parts = [
+            part
+            async for part in router.invoke_endpoint_with_response_stream(
+                endpoint,
+                b"",
+                target_container_hostname="alpha",
+                custom_attributes="action=stream;parts=4",
+            )
+        ]
+        assert parts == [b"part %d\n" % i for i in range(4)]
+        with pytest.raises(ValidationError, match="set TargetContainerHostname"):
+            async for _ in router.invoke_endpoint_with_response_stream(endpoint, b""):
+                pass
+        with pytest.raises(ModelError) as model_error:
+            async for _ in router.invoke_endpoint_with_response_stream(
+                endpoint,
+                b"",
+                target_container_hostname="alpha",
+                custom_attributes="action=status:500;message=boom",
+            ):
+                pass
+        assert model_error.value.original_status == 500
+        assert model_error.value.original_message == "boom"
+        got: list[bytes] = []
+        parts_of = router.invoke_endpoint_with_response_stream(
+            endpoint, b"", target_container_hostname="bravo", custom_attributes="action=die"
+        )
+        with pytest.raises(StreamError) as broken:
+            await _collect(parts_of, got)
+        assert b"".join(got) == b"part 0\npart 1\n"
+        assert (broken.value.code, broken.value.error_code) == ("ModelStreamError", "StreamBroken")
+
+
+async def _collect(parts: Any, into: list[bytes]) -> None:
+    async for part in parts:
+        into.append(part)
