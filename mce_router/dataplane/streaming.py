@@ -369,6 +369,8 @@ class _StreamReader(asyncio.Protocol):
         self.error_body: list[bytes] = []
         self.error_size = 0
         self.failure: str | None = None
+        #: Body bytes of the current read, not yet relayed.
+        self.pending: list[bytes] = []
         #: An exception of the router's own code raised inside a parser callback.
         self.fault: Exception | None = None
 
@@ -393,6 +395,7 @@ class _StreamReader(asyncio.Protocol):
         stream.stream_bytes(_clock())
         try:
             self.parser.feed_data(data)
+            self._flush()
         except httptools.HttpParserUpgrade:
             self._fail("the container switched protocols (101) although nobody asked it to")
         except httptools.HttpParserError as exc:
@@ -400,6 +403,8 @@ class _StreamReader(asyncio.Protocol):
                 self._internal(self.fault)
             else:
                 self._fail(self.failure or f"invalid HTTP response ({exc})")
+        except Exception as exc:  # a fault of the router's own: the stream still ends
+            self._internal(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         stream = self.stream
@@ -451,12 +456,9 @@ class _StreamReader(asyncio.Protocol):
         if stream is None:
             return
         if 200 <= self.status < 300:
-            try:
-                stream.stream_part(self, body)
-            except Exception as exc:
-                # httptools re-raises it as a parser error: keep what it was.
-                self.fault = exc
-                raise
+            # Relayed once the read is parsed: one event per read, not per chunk of it (a
+            # container writing many small chunks would otherwise cost an event each).
+            self.pending.append(body)
             return
         self.error_size += len(body)
         if self.error_size > self.max_error:
@@ -471,12 +473,24 @@ class _StreamReader(asyncio.Protocol):
             self.content_type = None
             self.custom_attributes = None
             return
+        try:
+            self._flush()
+        except Exception as exc:
+            # httptools re-raises it as a parser error: keep what it was.
+            self.fault = exc
+            raise
         stream = self.stream
         self.done = True
         self.stream = None
         if stream is not None:
             reusable = self.framed and self.parser.should_keep_alive()
             stream.stream_complete(self, reusable)
+
+    def _flush(self) -> None:
+        pending = self.pending
+        if pending and self.stream is not None:
+            self.pending = []
+            self.stream.stream_part(self, pending[0] if len(pending) == 1 else b"".join(pending))
 
     # failures
     def _fail(self, detail: str) -> None:

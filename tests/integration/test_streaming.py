@@ -124,7 +124,7 @@ async def test_direct_stream_parts_in_order_with_headers(stream_config: Any) -> 
                 CustomAttributes="action=echo;report=1",
                 InferenceId="abc",
             )
-            assert parts == [b'{"x": 1}', b"accept=text/plain"]
+            assert b"".join(parts) == b'{"x": 1}accept=text/plain'
             assert response["ContentType"] == "application/json; charset=utf-8"
             assert response["CustomAttributes"] == "action=echo;report=1"
 
@@ -145,7 +145,9 @@ async def test_direct_stream_parts_in_order_with_headers(stream_config: Any) -> 
                 CustomAttributes="action=plain;parts=3;gap=0.05",
             )
             assert b"".join(parts) == b"part 0\npart 1\npart 2\n"
-            assert len(parts) == 3  # written 50 ms apart: one event per piece
+            # Written 50 ms apart: relayed as they came, not held for the whole body (one
+            # event per read from the container, so a loaded machine may merge two).
+            assert len(parts) >= 2, parts
             # Keep-alive: streams reuse the pooled connection (new sockets: this probe, and a
             # health ping at most, in the time five short streams take).
             before = await _container_stats(router, endpoint, "alpha")
@@ -153,7 +155,7 @@ async def test_direct_stream_parts_in_order_with_headers(stream_config: Any) -> 
                 _, parts = await stream(
                     client, EndpointName=endpoint, TargetContainerHostname="alpha", Body=b""
                 )
-                assert len(parts) == 3
+                assert b"".join(parts) == b"part 0\npart 1\npart 2\n"
             after = await _container_stats(router, endpoint, "alpha")
             assert after["invocations"] == before["invocations"] + 5
             assert after["connections"] - before["connections"] <= 2, (before, after)
@@ -396,7 +398,7 @@ async def test_client_disconnect_mid_stream_leaks_nothing(stream_config: Any) ->
             _, parts = await stream(
                 client, EndpointName=endpoint, TargetContainerHostname="alpha", Body=b""
             )
-            assert len(parts) == 3
+            assert b"".join(parts) == b"part 0\npart 1\npart 2\n"
 
 
 async def test_stream_metrics(stream_config: Any) -> None:
@@ -460,7 +462,7 @@ async def test_sigv4_and_iam_apply_as_to_invoke_endpoint(config_factory: Any) ->
             _, parts = await stream(
                 alice, EndpointName=endpoint, TargetContainerHostname="common", Body=b""
             )
-            assert len(parts) == 3
+            assert b"".join(parts) == b"part 0\npart 1\npart 2\n"
             # sagemaker:TargetContainerHostname: Alice may stream from common* only.
             exc = await call_raising_stream(
                 alice, EndpointName=endpoint, TargetContainerHostname="special1", Body=b""
@@ -493,7 +495,7 @@ async def test_embedded_async_iterator(stream_config: Any) -> None:
                 custom_attributes="action=stream;parts=4",
             )
         ]
-        assert parts == [b"part %d\n" % i for i in range(4)]
+        assert b"".join(parts) == b"".join(b"part %d\n" % i for i in range(4))
         with pytest.raises(ValidationError, match="set TargetContainerHostname"):
             async for _ in router.invoke_endpoint_with_response_stream(endpoint, b""):
                 pass
