@@ -62,8 +62,9 @@ async def test_quickstart_then_the_readme_boto3_snippets(tmp_path: Path) -> None
         assert ready.startswith(b"mce-router ready"), ready
 
         try_it = _python_block_after("Try it")
+        streaming = _python_block_after("Response streaming")
         control = _python_block_after("Control plane")
-        script = (try_it + "\n" + control).replace(":8080", f":{runtime_port}")
+        script = (try_it + "\n" + streaming + "\n" + control).replace(":8080", f":{runtime_port}")
         script = script.replace(":8081", f":{admin_port}")
         # Print what the control-plane snippet created, to check it below.
         script += "\nprint(sm.describe_endpoint(EndpointName='e1')['EndpointStatus'])\n"
@@ -81,6 +82,8 @@ async def test_quickstart_then_the_readme_boto3_snippets(tmp_path: Path) -> None
         # The outputs the README's comments promise.
         assert lines[0] == "b'{\"predictions\":[1.375]}'"
         assert "uses Direct invocation" in lines[1] and "TargetContainerHostname" in lines[1]
+        # The streaming snippet: the Content-Type, then the parts as the comments show.
+        assert lines[2:5] == ["text/csv", "1.375,positive", "4.0,positive"], lines
         assert lines[-1] == "InService"
     finally:
         if cli.returncode is None:
