@@ -310,14 +310,18 @@ _FROM_RUNTIME_CODE: dict[str, type[InvocationError] | type[ValidationError]] = {
 }
 
 
+def json_object(data: bytes) -> dict[str, Any]:
+    """``data`` as a JSON object; empty when it is not one (an error body, an event payload)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def error_from_wire(status: int, body: bytes) -> RouterError:
     """The error a runtime-API error response stands for (the inverse of :func:`wire_error`)."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        payload = {}
-    if not isinstance(payload, dict):
-        payload = {}
+    payload = json_object(body)
     code = str(payload.get("__type", ""))
     message = str(payload.get("message", "")) or f"HTTP {status}: {body[:200]!r}"
     if code == "ModelError":

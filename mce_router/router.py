@@ -301,35 +301,19 @@ class Router:
         return self._parts().server
 
     def invoke_endpoint_with_response_stream(
-        self,
-        endpoint_name: str,
-        body: bytes,
-        *,
-        content_type: str | None = None,
-        accept: str | None = None,
-        target_container_hostname: str | None = None,
-        target_variant: str | None = None,
-        custom_attributes: str | None = None,
-        inference_id: str | None = None,
+        self, endpoint_name: str, body: bytes, **options: str | None
     ) -> AsyncIterator[bytes]:
         """InvokeEndpointWithResponseStream from this process: an async iterator of the parts'
-        bytes, in order, each as soon as the container sent it. Errors before the first part
-        raise as for InvokeEndpoint (:class:`~mce_router.errors.ModelError`,
+        bytes, in order, each as soon as the container sent it. ``options``: ``content_type``,
+        ``accept``, ``target_container_hostname``, ``target_variant``, ``custom_attributes``,
+        ``inference_id`` (boto3's parameters, snake-cased; an unknown one raises
+        :class:`~mce_router.errors.ValidationError` naming the closest). Errors before the first
+        part raise as for InvokeEndpoint (:class:`~mce_router.errors.ModelError`,
         :class:`~mce_router.errors.ValidationError`, ...); after it,
         :class:`~mce_router.errors.StreamError` while iterating. The call goes through the
         runtime listener like any client's, so with ``auth.mode: sigv4`` it is refused (sign
         with boto3 instead)."""
-        return invoke_stream(
-            self.runtime_url,
-            endpoint_name,
-            body,
-            content_type=content_type,
-            accept=accept,
-            target_container_hostname=target_container_hostname,
-            target_variant=target_variant,
-            custom_attributes=custom_attributes,
-            inference_id=inference_id,
-        )
+        return invoke_stream(self.runtime_url, endpoint_name, body, options)
 
     def arn(self, kind: ResourceKind, name: str) -> str:
         return self._arns.of(kind, name)

@@ -690,6 +690,10 @@ class Invocation:
         # OverheadLatency): a clock read of its own, not the instant the request arrived.
         started = self._stage_started = _clock()
         self.deadline = started + server.invocation_timeout
+        self.send_request(conn, head)
+
+    def send_request(self, conn: UpstreamConnection, head: bytes) -> None:
+        """Write this stage's request (a response stream reads its last stage itself)."""
         conn.send(self, head, self.body)
 
     def pool_rejected(self, error: InvocationError) -> None:

@@ -9,38 +9,39 @@ library's exception classes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 
-from ..errors import InternalFailure, StreamError, error_from_wire
+from ..errors import (
+    InternalFailure,
+    StreamError,
+    ValidationError,
+    error_from_wire,
+    json_object,
+    refuse_unknown_keys,
+)
 from .eventstream import DecodeError, Decoder
+
+#: The options of a stream call, by keyword, and the request header each one sets.
+OPTION_HEADERS = {
+    "content_type": "Content-Type",
+    "accept": "X-Amzn-SageMaker-Accept",
+    "target_container_hostname": "X-Amzn-SageMaker-Target-Container-Hostname",
+    "target_variant": "X-Amzn-SageMaker-Target-Variant",
+    "custom_attributes": "X-Amzn-SageMaker-Custom-Attributes",
+    "inference_id": "X-Amzn-SageMaker-Inference-Id",
+}
 
 
 async def invoke_stream(
-    runtime_url: str,
-    endpoint_name: str,
-    body: bytes,
-    *,
-    content_type: str | None = None,
-    accept: str | None = None,
-    target_container_hostname: str | None = None,
-    target_variant: str | None = None,
-    custom_attributes: str | None = None,
-    inference_id: str | None = None,
+    runtime_url: str, endpoint_name: str, body: bytes, options: Mapping[str, str | None]
 ) -> AsyncIterator[bytes]:
-    headers = {
-        name: value
-        for name, value in (
-            ("Content-Type", content_type),
-            ("X-Amzn-SageMaker-Accept", accept),
-            ("X-Amzn-SageMaker-Target-Container-Hostname", target_container_hostname),
-            ("X-Amzn-SageMaker-Target-Variant", target_variant),
-            ("X-Amzn-SageMaker-Custom-Attributes", custom_attributes),
-            ("X-Amzn-SageMaker-Inference-Id", inference_id),
-        )
-        if value is not None
-    }
+    """The parts of one stream; ``options`` as :data:`OPTION_HEADERS` names them."""
+    refuse_unknown_keys(
+        options, OPTION_HEADERS, "invoke_endpoint_with_response_stream", ValidationError
+    )
+    headers = {OPTION_HEADERS[name]: value for name, value in options.items() if value is not None}
     url = f"{runtime_url}/endpoints/{endpoint_name}/invocations-response-stream"
     # No total timeout: the router enforces the stream's limits and ends it with an event.
     async with (
@@ -57,19 +58,11 @@ async def invoke_stream(
                 raise InternalFailure(f"The response stream was malformed: {exc}.") from exc
             for message_headers, payload in messages:
                 if message_headers.get(":message-type") == "exception":
-                    raise _stream_error(message_headers.get(":exception-type", ""), payload)
+                    code = message_headers.get(":exception-type", "")
+                    fields = json_object(payload)
+                    raise StreamError(
+                        str(fields.get("Message", code)),
+                        code=code,
+                        error_code=str(fields.get("ErrorCode", "")),
+                    )
                 yield payload
-
-
-def _stream_error(code: str, payload: bytes) -> StreamError:
-    import orjson
-
-    try:
-        fields = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        fields = {}
-    if not isinstance(fields, dict):
-        fields = {}
-    return StreamError(
-        str(fields.get("Message", code)), code=code, error_code=str(fields.get("ErrorCode", ""))
-    )

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import httptools
 
@@ -36,9 +35,6 @@ from .proxy import (
     _broken_call_error,
     _model_error,
 )
-
-if TYPE_CHECKING:
-    from .proxy import ClientConnection, Upstream, VariantRoute
 
 _log = logging.getLogger(__name__)
 _clock = time.perf_counter
@@ -61,76 +57,47 @@ def _chunk(data: bytes) -> bytes:
 class StreamInvocation(Invocation):
     """One InvokeEndpointWithResponseStream call (the earlier Serial stages run as usual)."""
 
-    def __init__(
-        self,
-        client: ClientConnection,
-        variant: VariantRoute,
-        chain: tuple[Upstream, ...],
-        content_type: bytes | None,
-        forward_block: bytes,
-        accept_block: bytes,
-        body: list[bytes],
-        body_size: int,
-        keep_alive: bool,
-        received_at: float,
-    ) -> None:
-        super().__init__(
-            client,
-            variant,
-            chain,
-            content_type,
-            forward_block,
-            accept_block,
-            body,
-            body_size,
-            keep_alive,
-            received_at,
-        )
-        limits = client.server.limits
+    # Invocation's constructor is kept as it is (the proxy calls it through StreamType); the
+    # stream's own state starts with the call.
+    reader: _StreamReader | None
+    #: The response head has gone to the client: errors are events from now on.
+    streaming: bool
+    #: The container's connection is not being read (the client's buffer is full).
+    paused: bool
+
+    def start(self, now: float) -> None:
+        limits = self.client.server.limits
         self.silence_limit = limits.stream_silence_timeout_seconds
         self.duration_limit = limits.stream_max_duration_seconds
-        self.ends_at = received_at + self.duration_limit
-        self.reader: _StreamReader | None = None
-        #: The response head has gone to the client: errors are events from now on.
+        self.ends_at = self.received_at + self.duration_limit
+        self.reader = None
         self.streaming = False
-        #: The container's connection is not being read (the client's buffer is full).
         self.paused = False
         self.first_part_at = 0.0
         self.last_read_at = 0.0
         self.parts = 0
+        super().start(now)
 
     # the last stage: take the pooled connection over
     def connection_ready(self, conn: UpstreamConnection, *, reused: bool) -> None:
+        if self._stage + 1 == len(self.chain):
+            if self._state == _DONE:
+                conn.pool.release(conn, _clock())
+                return
+            if self._orphaned:
+                # The client left while an earlier Serial stage ran: nothing to stream to.
+                conn.pool.release(conn, _clock())
+                self._drop(0)
+                return
+        super().connection_ready(conn, reused=reused)
+
+    def send_request(self, conn: UpstreamConnection, head: bytes) -> None:
         if self._stage + 1 < len(self.chain):
-            super().connection_ready(conn, reused=reused)
+            super().send_request(conn, head)
             return
-        if self._state == _DONE:
-            conn.pool.release(conn, _clock())
-            return
-        if self._orphaned:
-            # The client left while an earlier Serial stage ran: nothing to stream to.
-            conn.pool.release(conn, _clock())
-            self._drop(0)
-            return
-        upstream = self.chain[self._stage]
-        server = self.client.server
-        head = b"".join(
-            (
-                upstream.request_head,
-                self.forward_block,
-                server.content_type_line(self.content_type),
-                self.accept_block,
-                server.content_length_line(self.body_size),
-                b"\r\n",
-            )
-        )
         transport = conn.transport
         assert transport is not None
-        self._conn = conn
-        self._attempt_reused = reused
-        self._state = _SENT
-        started = self._stage_started = _clock()
-        self.deadline = min(started + server.invocation_timeout, self.ends_at)
+        self.deadline = min(self.deadline, self.ends_at)
         reader = self.reader = _StreamReader(self, conn, conn.pool.max_response_bytes)
         transport.set_protocol(reader)
         transport.writelines([head, *self.body])

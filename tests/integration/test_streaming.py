@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import socket
 import sys
 import time
@@ -31,10 +32,18 @@ from conftest import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from mce_router import ModelError, StreamError, ValidationError
-from mce_router.config import Limits, ProcessImage
+from mce_router.config import Limits, ProcessImage, ProcessSettings
 
 STREAM_CONTAINER = Path(__file__).parent.parent / "containers" / "stream_container.py"
 STREAM_IMAGE = "test/stream:latest"
+#: Bind ports away from the default range's start, per test process: other routers on a shared
+#: machine hand out the same low ports, and a container that loses the race to bind leaves the
+#: router talking to someone else's container on that port.
+_PROCESS = ProcessSettings(
+    stop_grace_seconds=3.0,
+    bind_port_range_start=15000 + (os.getpid() % 49) * 100,
+    bind_port_range_size=100,
+)
 
 
 def _images() -> dict[str, Any]:
@@ -87,7 +96,7 @@ async def stream_error(client: Any, **kwargs: Any) -> tuple[list[bytes], Excepti
 @pytest.fixture
 def stream_config(config_factory: Any) -> Any:
     def factory(**limits: Any) -> Any:
-        return config_factory(images=_images(), limits=Limits(**limits))
+        return config_factory(images=_images(), limits=Limits(**limits), process=_PROCESS)
 
     return factory
 
@@ -253,38 +262,37 @@ async def test_serial_streams_last_stage(stream_config: Any) -> None:
             assert response["ContentType"] == "application/x-stage1"
 
 
+async def _model_stream_error(
+    client: Any, endpoint: str, host: str, attributes: str
+) -> tuple[list[bytes], str]:
+    """A Direct stream that must end in ModelStreamError: its parts and botocore's message
+    (botocore keeps only the event's Message; it starts with the ErrorCode)."""
+    parts, exc = await stream_error(
+        client,
+        EndpointName=endpoint,
+        TargetContainerHostname=host,
+        Body=b"",
+        CustomAttributes=attributes,
+    )
+    assert isinstance(exc, EventStreamError), exc
+    assert exc.response["Error"]["Code"] == "ModelStreamError"
+    return parts, exc.response["Error"]["Message"]
+
+
 async def test_errors_after_first_byte(stream_config: Any) -> None:
     async with running_router(
         stream_config(stream_silence_timeout_seconds=0.5, stream_max_duration_seconds=30.0)
     ) as router:
         endpoint = await deploy(router, DIRECT)
         with closing(runtime_client(router)) as client:
-            parts, exc = await stream_error(
-                client,
-                EndpointName=endpoint,
-                TargetContainerHostname="alpha",
-                Body=b"",
-                CustomAttributes="action=silent",
-            )
+            parts, message = await _model_stream_error(client, endpoint, "alpha", "action=silent")
             assert parts == [b"part 0\n"]
-            assert isinstance(exc, EventStreamError), exc
-            assert exc.response["Error"]["Code"] == "ModelStreamError"
-            # botocore keeps the event's Message only; it starts with the ErrorCode.
-            message = exc.response["Error"]["Message"]
             assert message.startswith("ModelInvocationTimeExceeded: "), message
             assert "stream_silence_timeout_seconds" in message
 
-            parts, exc = await stream_error(
-                client,
-                EndpointName=endpoint,
-                TargetContainerHostname="bravo",
-                Body=b"",
-                CustomAttributes="action=die",
-            )
+            parts, message = await _model_stream_error(client, endpoint, "bravo", "action=die")
             assert b"".join(parts) == b"part 0\npart 1\n"
-            assert isinstance(exc, EventStreamError), exc
-            assert exc.response["Error"]["Code"] == "ModelStreamError"
-            assert exc.response["Error"]["Message"].startswith("StreamBroken: ")
+            assert message.startswith("StreamBroken: "), message
 
 
 async def test_total_stream_time_limit(stream_config: Any) -> None:
@@ -293,16 +301,10 @@ async def test_total_stream_time_limit(stream_config: Any) -> None:
     ) as router:
         endpoint = await deploy(router, DIRECT)
         with closing(runtime_client(router)) as client:
-            parts, exc = await stream_error(
-                client,
-                EndpointName=endpoint,
-                TargetContainerHostname="alpha",
-                Body=b"",
-                CustomAttributes="action=stream;parts=20;gap=0.1",
+            parts, message = await _model_stream_error(
+                client, endpoint, "alpha", "action=stream;parts=20;gap=0.1"
             )
             assert 2 <= len(parts) < 20, parts
-            assert isinstance(exc, EventStreamError), exc
-            message = exc.response["Error"]["Message"]
             assert message.startswith("ModelInvocationTimeExceeded: "), message
             assert "stream_max_duration_seconds" in message
 
@@ -419,13 +421,7 @@ async def test_stream_metrics(stream_config: Any) -> None:
                 Body=b"",
                 CustomAttributes="action=status:404",
             )
-            await stream_error(
-                client,
-                EndpointName=endpoint,
-                TargetContainerHostname="bravo",
-                Body=b"",
-                CustomAttributes="action=die",
-            )
+            await _model_stream_error(client, endpoint, "bravo", "action=die")
         _, text = await http_get(router.admin_port, "/metrics")
         samples = {
             (sample.name, sample.labels.get("container_name")): sample.value
@@ -450,7 +446,7 @@ async def test_sigv4_and_iam_apply_as_to_invoke_endpoint(config_factory: Any) ->
     from test_auth import ALICE, BOB, auth_config, client
 
     endpoint = "guardedstream"
-    config = config_factory(images=_images(), auth=auth_config(endpoint))
+    config = config_factory(images=_images(), auth=auth_config(endpoint), process=_PROCESS)
     model = multi_model(
         endpoint, [_stream_container("common"), _stream_container("special1")], "Direct"
     )
@@ -496,6 +492,11 @@ async def test_embedded_async_iterator(stream_config: Any) -> None:
             )
         ]
         assert b"".join(parts) == b"".join(b"part %d\n" % i for i in range(4))
+        with pytest.raises(ValidationError, match="did you mean 'target_variant'"):
+            await _collect(
+                router.invoke_endpoint_with_response_stream(endpoint, b"", target_varient="x"),
+                [],
+            )
         with pytest.raises(ValidationError, match="set TargetContainerHostname"):
             async for _ in router.invoke_endpoint_with_response_stream(endpoint, b""):
                 pass
