@@ -16,6 +16,7 @@ from .errors import (
     EndpointStartupError,
     ModelError,
     RouterError,
+    StreamError,
     ValidationError,
 )
 from .router import Router
@@ -32,5 +33,6 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RouterError",
+    "StreamError",
     "ValidationError",
 ]

@@ -83,6 +83,13 @@ class Limits:
     #: Containers this router runs at most, summed over every endpoint (both fleets count
     #: while an update runs); CreateEndpoint/UpdateEndpoint beyond it: ResourceLimitExceeded.
     max_running_containers: int = 500
+    #: InvokeEndpointWithResponseStream, once the first part has gone to the client: the
+    #: longest the container may send nothing (the stream then ends with ModelStreamError
+    #: ModelInvocationTimeExceeded); time the router spends not reading because the client
+    #: reads slowly does not count. Before the first part, invocation_timeout_seconds applies.
+    stream_silence_timeout_seconds: float = 60.0
+    #: The longest one stream may last from the request's arrival to its last part.
+    stream_max_duration_seconds: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,6 +489,8 @@ def _validate(config: RouterConfig) -> None:
         "limits.max_header_bytes": limits.max_header_bytes,
         "limits.max_queue_wait_seconds": limits.max_queue_wait_seconds,
         "limits.max_client_connections": limits.max_client_connections,
+        "limits.stream_silence_timeout_seconds": limits.stream_silence_timeout_seconds,
+        "limits.stream_max_duration_seconds": limits.stream_max_duration_seconds,
         "health.ping_timeout_seconds": config.health.ping_timeout_seconds,
         "health.startup_timeout_seconds": config.health.startup_timeout_seconds,
         "health.ping_interval_seconds": config.health.ping_interval_seconds,

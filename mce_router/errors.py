@@ -223,6 +223,17 @@ class InternalFailure(InvocationError):
     """A bug or an unexpected condition inside the router."""
 
 
+class StreamError(InvocationError):
+    """A response stream ended with an exception event after its first part: ``code`` is
+    ``ModelStreamError`` (``error_code`` ``StreamBroken`` or ``ModelInvocationTimeExceeded``)
+    or ``InternalStreamFailure`` (``error_code`` empty)."""
+
+    def __init__(self, message: str, *, code: str, error_code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.error_code = error_code
+
+
 @dataclass(frozen=True, slots=True)
 class WireError:
     status: int
@@ -311,3 +322,40 @@ def wire_error(exc: BaseException, plane: Plane = "runtime") -> WireError:
         return WireError(status, _STS_CODES.get(control_code, control_code), message)
     code = runtime_code if plane == "runtime" else control_code
     return WireError(status, code, message, extra)
+
+
+# The runtime API's codes back to the error classes, for the library's own client of the
+# runtime listener (InvokeEndpointWithResponseStream from an embedding program).
+_FROM_RUNTIME_CODE: dict[str, type[InvocationError] | type[ValidationError]] = {
+    "ValidationError": ValidationError,
+    "ModelNotReadyException": ModelNotReady,
+    "ServiceUnavailable": ServiceUnavailable,
+    "InternalFailure": InternalFailure,
+}
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """``data`` as a JSON object; empty when it is not one (an error body, an event payload)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def error_from_wire(status: int, body: bytes) -> RouterError:
+    """The error a runtime-API error response stands for (the inverse of :func:`wire_error`)."""
+    payload = json_object(body)
+    code = str(payload.get("__type", ""))
+    message = str(payload.get("message", "")) or f"HTTP {status}: {body[:200]!r}"
+    if code == "ModelError":
+        return ModelError(
+            message,
+            container="",
+            original_status=int(payload.get("OriginalStatusCode", 0)),
+            original_message=str(payload.get("OriginalMessage", "")),
+            log_stream_arn=str(payload.get("LogStreamArn", "")),
+        )
+    if status == 403:
+        return AccessDenied(message)
+    return _FROM_RUNTIME_CODE.get(code, InternalFailure)(message)

@@ -209,6 +209,8 @@ class RouterMetrics(Collector):
 
     def __init__(self) -> None:
         self.containers: dict[tuple[str, str, str], CallStats] = {}
+        #: InvokeEndpointWithResponseStream calls by container (see :meth:`stream`).
+        self.streams: dict[tuple[str, str, str], CallStats] = {}
         #: Variants whose requests are recorded as a whole (Serial pipelines).
         self.variants: dict[tuple[str, str], CallStats] = {}
         #: Direct variants: each request touches one container, so the variant's numbers are
@@ -227,6 +229,15 @@ class RouterMetrics(Collector):
         found = self.containers.get(key)
         if found is None:
             found = self.containers[key] = CallStats(*key)
+        return found
+
+    def stream(self, endpoint: str, variant: str, container: str) -> CallStats:
+        """Response streams of a container: the latency recorded is the time to first byte,
+        the overhead the stream's whole duration (exported as such, not as OverheadLatency)."""
+        key = (endpoint, variant, container)
+        found = self.streams.get(key)
+        if found is None:
+            found = self.streams[key] = CallStats(*key)
         return found
 
     def variant(self, endpoint: str, variant: str) -> CallStats:
@@ -328,6 +339,7 @@ class RouterMetrics(Collector):
             v_labels,
             self.variant_stats(),
         )
+        yield from _stream_families(c_labels, self.streams.items())
         cpu = GaugeMetricFamily(
             "sagemaker_container_cpu_utilization_percent",
             "CPU of the container's process tree, percent of one core (CPUUtilization).",
@@ -459,6 +471,35 @@ def _call_families(
             sum(s.overhead_sum for s in sources),
         )
     yield from (invocations, e4, e5, latency, overhead)
+
+
+def _stream_families(
+    labels: list[str], items: Iterable[tuple[tuple[str, ...], CallStats]]
+) -> Iterator[Any]:
+    """Response streams per container (RouterMetrics.stream): how many, how long until the
+    first part reached the client, how long until the stream ended."""
+    invocations = CounterMetricFamily(
+        "mce_router_stream_invocations",
+        "InvokeEndpointWithResponseStream calls of a container (also counted in its Invocations).",
+        labels=labels,
+    )
+    first_byte = HistogramMetricFamily(
+        "mce_router_stream_time_to_first_byte_seconds",
+        "From the request sent to the container to its first part handed to the client "
+        "(streams that failed before it: 0).",
+        labels=labels,
+    )
+    duration = HistogramMetricFamily(
+        "mce_router_stream_duration_seconds",
+        "From the request's arrival at the router to the stream's end.",
+        labels=labels,
+    )
+    for key, stats in items:
+        values = list(key)
+        invocations.add_metric(values, stats.count)
+        first_byte.add_metric(values, _cumulative(stats.latency_buckets), stats.latency_sum)
+        duration.add_metric(values, _cumulative(stats.overhead_buckets), stats.overhead_sum)
+    yield from (invocations, first_byte, duration)
 
 
 _MICROS = 1_000_000.0

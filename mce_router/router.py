@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +43,8 @@ from .control.status import EndpointStatus
 from .control.store import Store, acquire_lock
 from .control.tags import Tagging
 from .dataplane.proxy import RuntimeServer
+from .dataplane.stream_client import invoke_stream
+from .dataplane.streaming import StreamInvocation
 from .endpoints.manager import EndpointManager
 from .endpoints.recovery import apply_declared_resources, recover_endpoints
 from .endpoints.scaling import Scaler
@@ -179,6 +181,7 @@ class Router:
             answers=self.metrics.answers if self.metrics is not None else None,
             hooks=hooks,
             sample_new_traces=config.tracing.sample_new_traces,
+            stream_type=StreamInvocation,
         )
         stack.callback(server.close)  # its sweeper timer must not outlive the router
         stack.callback(server.abort_all)
@@ -360,6 +363,21 @@ class Router:
     @property
     def runtime_server(self) -> RuntimeServer:
         return self._parts().server
+
+    def invoke_endpoint_with_response_stream(
+        self, endpoint_name: str, body: bytes, **options: str | None
+    ) -> AsyncIterator[bytes]:
+        """InvokeEndpointWithResponseStream from this process: an async iterator of the parts'
+        bytes, in order, each as soon as the container sent it. ``options``: ``content_type``,
+        ``accept``, ``target_container_hostname``, ``target_variant``, ``custom_attributes``,
+        ``inference_id`` (boto3's parameters, snake-cased; an unknown one raises
+        :class:`~mce_router.errors.ValidationError` naming the closest). Errors before the first
+        part raise as for InvokeEndpoint (:class:`~mce_router.errors.ModelError`,
+        :class:`~mce_router.errors.ValidationError`, ...); after it,
+        :class:`~mce_router.errors.StreamError` while iterating. The call goes through the
+        runtime listener like any client's, so with ``auth.mode: sigv4`` it is refused (sign
+        with boto3 instead)."""
+        return invoke_stream(self.runtime_url, endpoint_name, body, options)
 
     def arn(self, kind: ResourceKind, name: str) -> str:
         return self._arns.of(kind, name)

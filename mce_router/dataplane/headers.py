@@ -27,6 +27,8 @@ TARGET_MODEL: Final = 13
 SESSION_ID: Final = 14
 TRACEPARENT: Final = 15
 TRACESTATE: Final = 16
+#: InvokeEndpointWithResponseStream sends the Accept it was given under this name.
+STREAM_ACCEPT: Final = 17
 
 #: Headers forwarded to every container, with the spelling the container receives.
 FORWARDED: Final[dict[int, bytes]] = {
@@ -50,6 +52,7 @@ CODES: Final[dict[bytes, int]] = {
     b"expect": EXPECT,
     b"traceparent": TRACEPARENT,
     b"tracestate": TRACESTATE,
+    b"x-amzn-sagemaker-accept": STREAM_ACCEPT,
     **{name.lower(): code for code, name in FORWARDED.items()},
 }
 
@@ -59,7 +62,8 @@ CODES: Final[dict[bytes, int]] = {
 _USUAL_SPELLINGS: Final = (
     b"Host", b"Content-Length", b"Content-Type", b"Accept", b"Transfer-Encoding",
     b"Connection", b"Expect", b"X-Amzn-SageMaker-Target-Container-Hostname",
-    b"X-Amzn-SageMaker-Target-Variant", *FORWARDED.values(), b"User-Agent",
+    b"X-Amzn-SageMaker-Target-Variant", *FORWARDED.values(), b"X-Amzn-SageMaker-Accept",
+    b"User-Agent",
     b"Accept-Encoding", b"Authorization", b"X-Amz-Date", b"X-Amz-Security-Token",
     b"X-Amz-Content-SHA256", b"amz-sdk-invocation-id", b"amz-sdk-request", b"Keep-Alive",
     b"traceparent", b"tracestate",
@@ -165,6 +169,7 @@ class RequestHeaders:
         "content_type",
         "expect_continue",
         "forward_block",
+        "stream_accept",
         "target_container",
         "target_variant",
         "trace_block",
@@ -177,6 +182,8 @@ class RequestHeaders:
         self._connection_tokens: list[bytes] | None = None
         self.content_type: bytes | None = None
         self.accept: bytes | None = None
+        #: X-Amzn-SageMaker-Accept (the Accept of a response-stream request).
+        self.stream_accept: bytes | None = None
         self.content_length: int | None = None
         self.target_container: str | None = None
         self.target_variant: str | None = None
@@ -214,6 +221,8 @@ class RequestHeaders:
             pass  # only its presence matters (check_version)
         elif code == ACCEPT:
             self.accept = value
+        elif code == STREAM_ACCEPT:
+            self.stream_accept = value
         elif CUSTOM_ATTRIBUTES <= code <= SESSION_ID:
             if self._forwarded is None:
                 self._forwarded = []

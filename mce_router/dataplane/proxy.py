@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from ..config import Limits
 from ..errors import (
@@ -78,6 +79,7 @@ class Upstream:
         "pool",
         "port",
         "request_head",
+        "stream_observer",
         "unavailable_reason",
         "variant_name",
     )
@@ -113,6 +115,9 @@ class Upstream:
         #: table is built). A concrete compiled class, not a protocol: the call is then a
         #: direct C call with unboxed floats, a third of what a method call on a protocol cost.
         self.observer: CallStats | None = None
+        #: Response streams of this container: latency is the time to first byte, overhead
+        #: the stream's whole duration (metrics.py exports them under those names).
+        self.stream_observer: CallStats | None = None
         self.request_head = b"POST /invocations HTTP/1.1\r\n" + self.host_header
 
     def mark_available(self) -> None:
@@ -190,13 +195,11 @@ def invocation_path(endpoint_name: str) -> bytes:
 
 #: The runtime API's invocation paths (``/endpoints/{name}/<action>``), all POST.
 _INVOCATION_ACTIONS: Final = (b"invocations", b"invocations-response-stream", b"async-invocations")
+#: InvokeEndpointWithResponseStream: served by streaming.py, off the hot path.
+_STREAM_ACTION: Final = b"invocations-response-stream"
 #: Those of them this router refuses, with the message a ValidationError carries (boto3 raises
 #: ``client.exceptions.ValidationError``); answered before any endpoint lookup.
 _UNSUPPORTED_INVOCATIONS: Final = {
-    b"invocations-response-stream": (
-        "Response streaming (InvokeEndpointWithResponseStream) is not supported by this router "
-        "yet; use InvokeEndpoint."
-    ),
     b"async-invocations": (
         "Asynchronous inference (InvokeEndpointAsync) is not supported by this router: it has "
         "no S3-compatible store to read the InputLocation from and write the output to. Call "
@@ -605,6 +608,8 @@ class InvocationHooks(Protocol):
         the client went away while the request waited for a connection."""
 
 
+# Response streams (streaming.py, not compiled) subclass it; calls on it stay vtable calls.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Invocation:
     __slots__ = (
         "_attempt_reused",
@@ -735,6 +740,10 @@ class Invocation:
         # OverheadLatency): a clock read of its own, not the instant the request arrived.
         started = self._stage_started = _clock()
         self.deadline = started + server.invocation_timeout
+        self.send_request(conn, head)
+
+    def send_request(self, conn: UpstreamConnection, head: bytes) -> None:
+        """Write this stage's request (a response stream reads its last stage itself)."""
         conn.send(self, head, self.body)
 
     def pool_rejected(self, error: InvocationError) -> None:
@@ -877,6 +886,9 @@ class Invocation:
             return True
         return False
 
+    def client_drained(self) -> None:
+        """The client's write buffer went below its low-water mark (a stream resumes reading)."""
+
     def abandon(self) -> None:
         """Shutdown: give up on a container call whose client has gone."""
         if self._state == _STATE_SENT and self._conn is not None:
@@ -979,6 +991,25 @@ _HEX_PAIR_LINES: Final = tuple(b"%02x\r\n" % low for low in range(256))
 _CACHED_LINES: Final = 1024
 
 
+#: How a response stream is made: Invocation's constructor arguments, an Invocation subclass.
+StreamType = Callable[
+    [
+        "ClientConnection",
+        VariantRoute,
+        tuple[Upstream, ...],
+        bytes | None,
+        bytes,
+        bytes,
+        list[bytes],
+        int,
+        bool,
+        float,
+        bytes,
+    ],
+    Invocation,
+]
+
+
 class RuntimeServer:
     """Shared state of all client connections of one runtime listener.
 
@@ -1000,6 +1031,7 @@ class RuntimeServer:
         answers: RouterAnswers | None = None,
         hooks: InvocationHooks | None = None,
         sample_new_traces: bool = True,
+        stream_type: StreamType | None = None,
     ) -> None:
         self.loop = loop
         #: Tracing spans and the hop log; None (the default) keeps them off the hot path.
@@ -1007,6 +1039,9 @@ class RuntimeServer:
         #: The trace-flags of a trace the router starts (a request without a valid
         #: traceparent): sampled (01) or not (00), as configured.
         self._new_trace_flags = b"01" if sample_new_traces else b"00"
+        #: Serves InvokeEndpointWithResponseStream (streaming.StreamInvocation, which builds on
+        #: this module, hence passed in); None answers those requests with a ValidationError.
+        self.stream_type = stream_type
         self.account_id = account_id
         #: Counts the errors the router itself answers; None when metrics are off.
         self.answers = answers
@@ -1334,6 +1369,8 @@ class ClientConnection(asyncio.Protocol):
         self._write_blocked = False
         if self.closing:
             return
+        if self.current is not None:
+            self.current.client_drained()
         if self._pending and self.current is None:
             self._serve_pending()
         elif not self._in_head and self.current is None:
@@ -1564,6 +1601,9 @@ class ClientConnection(asyncio.Protocol):
                     )
                     return
                 route = self.server.table.by_name.get(name.lower())
+                if route is not None and action == _STREAM_ACTION:
+                    self._start_stream(route, request)
+                    return
                 if route is not None:  # another letter case, or a query string was appended
                     self._handle(request._replace_url(invocation_path(route.name)))
                     return
@@ -1585,6 +1625,74 @@ class ClientConnection(asyncio.Protocol):
             None,
             url=request.url,
         )
+
+    def _start_stream(self, route: EndpointRoute, request: _ParsedRequest) -> None:
+        stream_type = self.server.stream_type
+        if stream_type is None:
+            self._write_error(
+                ValidationError(
+                    "Response streaming (InvokeEndpointWithResponseStream) is not enabled on "
+                    "this listener; use InvokeEndpoint."
+                ),
+                request.keep_alive,
+                None,
+                url=request.url,
+            )
+            return
+        headers = request.headers
+        try:
+            variant, chain = _select(route, headers)
+        except RouterError as exc:
+            self._write_error(exc, request.keep_alive, None, route.name)
+            return
+        accept = headers.stream_accept
+        invocation = stream_type(
+            self,
+            variant,
+            chain,
+            headers.content_type,
+            headers.forward_block,
+            headers.accept_block if accept is None else b"Accept: " + accept + b"\r\n",
+            request.body,
+            request.body_size,
+            request.keep_alive,
+            request.received_at,
+            headers.trace_block,
+        )
+        self.current = invocation
+        variant.in_flight += 1
+        self.server.in_flight += 1
+        invocation.start(_clock())
+
+    def stream_head(self, invocation: Invocation, fields: bytes) -> None:
+        """Write the head of a response stream: status line, the usual headers, ``fields``."""
+        server = self.server
+        if self.transport is None or self.closing:
+            return
+        self._write(
+            b"".join(
+                (
+                    invocation.variant.ok_head,
+                    server.request_id_line(),
+                    server.date.get(_clock()),
+                    fields,
+                    b"\r\n" if invocation.keep_alive else b"Connection: close\r\n\r\n",
+                )
+            )
+        )
+
+    def stream_finished(self, invocation: Invocation, status: int) -> None:
+        """A response stream has been written to its end (or the client is gone)."""
+        if self.current is invocation:
+            self.current = None
+        invocation.variant.in_flight -= 1
+        self.server.in_flight -= 1
+        now = invocation.record(status)
+        hooks = invocation.hooks
+        if hooks is not None:  # ends the request's span and an unended hop's (tracing)
+            hooks.finished(invocation, status, None)
+        if self.transport is not None and not self.closing:
+            self._after_response(invocation.keep_alive, now)
 
     def send_invocation_response(self, invocation: Invocation, response: UpstreamResponse) -> None:
         self.current = None

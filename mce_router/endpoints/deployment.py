@@ -223,6 +223,9 @@ class Deployment:
             upstream.observer = self._metrics.container(
                 launch.endpoint_name, launch.variant_name, launch.container_name
             )
+            upstream.stream_observer = self._metrics.stream(
+                launch.endpoint_name, launch.variant_name, launch.container_name
+            )
         slot.upstream = upstream
         return upstream
 

@@ -97,9 +97,11 @@ async def _run(command: list[str] | str, env: dict[str, str]) -> subprocess.Comp
 async def test_quickstart_then_the_readme_boto3_snippets(tmp_path: Path) -> None:
     async with _quickstart(tmp_path) as (runtime_port, admin_port, env):
         try_it = _python_block_after("Try it")
+        streaming = _python_block_after("Response streaming")
         control = _python_block_after("Control plane")
         autoscaling = _python_block_after("Autoscaling")
-        script = (try_it + "\n" + control + "\n" + autoscaling).replace(":8080", f":{runtime_port}")
+        script = "\n".join((try_it, streaming, control, autoscaling))
+        script = script.replace(":8080", f":{runtime_port}")
         script = script.replace(":8081", f":{admin_port}")
         # Print what the control-plane and autoscaling snippets did, to check it below.
         script += (
@@ -113,6 +115,8 @@ async def test_quickstart_then_the_readme_boto3_snippets(tmp_path: Path) -> None
         # The outputs the README's comments promise.
         assert lines[0] == "b'{\"predictions\":[1.375]}'"
         assert "uses Direct invocation" in lines[1] and "TargetContainerHostname" in lines[1]
+        # The streaming snippet: the Content-Type, then the parts as the comments show.
+        assert lines[2:5] == ["text/csv", "1.375,positive", "4.0,positive"], lines
         assert lines[-2:] == ["2", "InService"]
 
 
