@@ -107,6 +107,12 @@ class EndpointConfigNotFound(ResourceNotFound):
     """SageMaker answers a missing endpoint config with ValidationException as well."""
 
 
+class ContainerEngineError(RouterError, OSError):
+    """The container engine (Docker Engine API) is unreachable or refused an operation. An
+    OSError too: like a process that cannot be spawned, it fails one container start (the
+    supervisors retry OSErrors), and at start-up it is one line naming the engine's URL."""
+
+
 class ResourceInUse(RouterError):
     """The resource exists already, or another resource depends on it."""
 
@@ -242,6 +248,7 @@ _WIRE_TABLE: dict[type[BaseException], tuple[int, str, str]] = {
     ModelError: (424, "ModelError", "ModelError"),
     ModelNotReady: (429, "ModelNotReadyException", "ModelNotReadyException"),
     ServiceUnavailable: (503, "ServiceUnavailable", "ServiceUnavailable"),
+    ContainerEngineError: (503, "ServiceUnavailable", "ServiceUnavailable"),
     InternalFailure: (500, "InternalFailure", "InternalFailure"),
 }
 

@@ -88,6 +88,10 @@ class Deployment:
                         / variant.variant_name
                         / instance_id
                         / f"{container.name}.log",
+                        # What a container engine needs beyond a command line.
+                        model_data_url=_text(container.extra.get("ModelDataUrl")),
+                        instance_type=_text(variant.extra.get("InstanceType")),
+                        instance_containers=tuple(c.name for c in model.containers),
                     )
                     self._slots.append(ContainerSlot(launch, window))
 
@@ -221,9 +225,12 @@ class Deployment:
                 slot.launch.variant_name,
                 slot.launch.container_name,
                 slot.container.pids(),
+                # Runtimes that measure usage themselves (a container engine's stats).
+                getattr(slot.container, "usage", None),
             )
             for slot in self._slots
-            if slot.container is not None and slot.container.pids()
+            if slot.container is not None
+            and (slot.container.pids() or hasattr(slot.container, "usage"))
         ]
 
     # --- supervision -------------------------------------------------------------------------
@@ -351,3 +358,12 @@ class Deployment:
             *(self._runtime.stop(s.container, grace) for s in self._slots if s.container),
             return_exceptions=True,
         )
+        # Then what each instance's containers shared (an engine's network namespace).
+        instance_ids = dict.fromkeys(s.launch.instance_id for s in self._slots)
+        await asyncio.gather(
+            *(self._runtime.stop_instance(i) for i in instance_ids), return_exceptions=True
+        )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -82,6 +82,9 @@ class ProcessRuntime:
             count=settings.safe_port_range_blocks,
             what="SAGEMAKER_SAFE_PORT_RANGE block",
         )
+        #: The bind ports and safe port ranges, shared with the container-engine runtime so
+        #: that the two never hand out the same port.
+        self.port_blocks = (self._bind_ports, self._ranges)
         self._registry = state_dir / "run" / "process-groups.json"
         self._groups: dict[int, float] = {}  # pgid -> leader create_time, mirrored to disk
         reap_orphans(self._registry)
