@@ -1,12 +1,14 @@
 """SageMaker's container contract on real containers, driven through boto3 (control plane and
 runtime): Direct and Serial endpoints of images, the accept-bind-to-port label rule, ``serve``
-and the environment as seen inside, a shared network namespace per instance, instance limits
-as cgroup values, per-container CPU/memory metrics from the engine's stats."""
+and the environment as seen inside, a shared network namespace per instance, an instance's
+limits shared by its containers (one cgroup, seen from inside), per-container CPU/memory metrics
+from the engine's stats."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,34 @@ async def create_endpoint(sm: Any, name: str, model: dict[str, Any], **variant: 
     )
     await call(sm.create_endpoint, EndpointName=name, EndpointConfigName=name)
     await wait_in_service(sm, name)
+
+
+@dataclass(frozen=True)
+class CgroupView:
+    """A container's memory and CPU cgroup (v1) as seen from inside it."""
+
+    #: The cgroup its own cgroup sits in (/proc/self/cgroup, memory hierarchy).
+    parent: str
+    own_memory_limit: int
+    own_cpu_quota: int
+    #: The kernel's effective limit: the smallest of its own and its ancestors'.
+    hierarchical_memory_limit: int
+
+
+async def cgroup_view(engine: Engine, container_id: str) -> CgroupView:
+    script = (
+        "grep ':memory:' /proc/self/cgroup; "
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us; "
+        "grep '^hierarchical_memory_limit ' /sys/fs/cgroup/memory/memory.stat"
+    )
+    lines = (await exec_in(engine, container_id, "sh", "-c", script)).split()
+    path = lines[0].split(":", 2)[2]
+    return CgroupView(path.rsplit("/", 1)[0], int(lines[1]), int(lines[2]), int(lines[4]))
+
+
+def host_cgroup_value(controller: str, path: str, name: str) -> int:
+    """A cgroup v1 value as the host sees it (the engine runs on this machine)."""
+    return int(Path(f"/sys/fs/cgroup/{controller}{path}/{name}").read_text())
 
 
 async def create_failing_endpoint(sm: Any, name: str, seconds: float) -> dict[str, Any]:
@@ -151,27 +181,32 @@ async def test_direct_and_serial_endpoints_of_images_through_boto3(
         assert first.port != second.port
         assert first.launch.instance_id != second.launch.instance_id
 
-        # The instance type's limits, as the container's cgroup says (v1 or v2).
-        limits = await exec_in(
-            engine,
-            model.container_id,
-            "sh",
-            "-c",
-            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max "
-            "/sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu.max 2>/dev/null; true",
-        )
-        assert str(8 * 1024**3) in limits.split()  # ml.m5.large: 8 GiB
-        assert "200000" in limits  # 2 vCPU: quota 200000 per 100000 us period
-        small = engine_container(router, "direct", "model")
-        small_limits = await exec_in(
-            engine,
-            small.container_id,
-            "sh",
-            "-c",
-            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max "
-            "2>/dev/null; true",
-        )
-        assert str(4 * 1024**3) in small_limits.split()  # ml.c5.large: 4 GiB
+        # The instance type's limits hold for the containers of one instance together: each
+        # container has no limit of its own, all sit in one cgroup (the instance's infra
+        # container's) whose limits are the type's, and the kernel's effective limit seen
+        # from inside every one of them is the instance's memory.
+        serial_views = [
+            await cgroup_view(engine, engine_container(router, "serial", role).container_id)
+            for role in roles
+        ]
+        parents = {view.parent for view in serial_views}
+        assert len(parents) == 1  # one cgroup for the whole instance
+        for view in serial_views:
+            assert view.own_memory_limit > 8 * 1024**3  # unlimited on its own
+            assert view.own_cpu_quota == -1
+            assert view.hierarchical_memory_limit == 8 * 1024**3  # ml.m5.large: 8 GiB
+        (parent,) = parents
+        assert host_cgroup_value("cpu", parent, "cpu.cfs_quota_us") == 200_000  # 2 vCPU
+        assert host_cgroup_value("cpu", parent, "cpu.cfs_period_us") == 100_000
+        assert host_cgroup_value("memory", parent, "memory.limit_in_bytes") == 8 * 1024**3
+        # Two instances of one variant: a cgroup each, each with the whole type's limits.
+        direct_views = [
+            await cgroup_view(engine, engine_container(router, "direct", "model", i).container_id)
+            for i in (0, 1)
+        ]
+        assert direct_views[0].parent != direct_views[1].parent
+        for view in direct_views:
+            assert view.hierarchical_memory_limit == 4 * 1024**3  # ml.c5.large: 4 GiB
 
         # Labels name router, endpoint, variant, instance and container.
         labels = info["Config"]["Labels"]
