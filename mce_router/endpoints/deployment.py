@@ -233,6 +233,15 @@ class Deployment:
             and (slot.container.pids() or hasattr(slot.container, "usage"))
         ]
 
+    def unavailable(self) -> list[str]:
+        """The serving containers that cannot take requests now (restarting, failing pings,
+        their engine away), each as ``<label>: <why>``; empty when all serve."""
+        return [
+            f"{slot.launch.label}: {slot.upstream.unavailable_reason}"
+            for slot in self._slots
+            if slot.upstream is not None and not slot.upstream.available
+        ]
+
     # --- supervision -------------------------------------------------------------------------
 
     async def _supervise(self, slot: ContainerSlot) -> None:

@@ -37,7 +37,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import aiodocker
 import aiohttp
+from aiodocker.multiplexed import multiplexed_result_stream
 
 from ..config import EngineSettings, ProcessSettings
 from ..errors import ContainerEngineError, ServiceUnavailable, ValidationError
@@ -154,7 +155,8 @@ class EngineContainer:
         memory (the limit of the container), page cache excluded as ``docker stats`` does.
         """
         try:
-            stats = await self.handle.stats(stream=False, timeout=10)
+            async with asyncio.timeout(10):
+                stats = await self.handle.stats(stream=False)
         except (aiodocker.DockerError, *_UNREACHABLE):
             return None
         sample = stats[0] if isinstance(stats, list) and stats else stats
@@ -222,8 +224,10 @@ class EngineRuntime:
         remove the containers a previous run of this router left behind."""
         docker = aiodocker.Docker(url=settings.url)
         try:
+            # Each under its own deadline: podman's /info adds up storage and can take seconds.
             async with asyncio.timeout(settings.api_timeout_seconds):
                 version = await docker.version()
+            async with asyncio.timeout(settings.api_timeout_seconds):
                 info = await docker.system.info()
         except (aiodocker.DockerError, *_UNREACHABLE) as exc:
             await docker.close()
@@ -540,11 +544,15 @@ class EngineRuntime:
         label = container.launch.label
         try:
             with container.launch.log_path.open("ab", buffering=0) as log_file:
-                stream = container.handle.log(stdout=True, stderr=True, follow=True, timeout=None)
-                async for chunk in stream:
-                    log_file.write(chunk.encode("utf-8", "replace"))
-                    for line in chunk.splitlines():
-                        container_log.info("[%s] %s", label, line)
+                logs = f"containers/{container.container_id}/logs"
+                params = {"stdout": True, "stderr": True, "follow": True}
+                async with self._stream(logs, "GET", params) as response:
+                    # (aiodocker leaves it unannotated; it yields str chunks)
+                    chunks = multiplexed_result_stream(response, is_tty=False)  # type: ignore[no-untyped-call]
+                    async for chunk in chunks:
+                        log_file.write(chunk.encode("utf-8", "replace"))
+                        for line in chunk.splitlines():
+                            container_log.info("[%s] %s", label, line)
         except (aiodocker.DockerError, *_UNREACHABLE) as exc:
             log.debug("log stream of %s ended: %r", label, exc)
 
@@ -555,7 +563,8 @@ class EngineRuntime:
         handle = container.handle
         while True:
             try:
-                result = await handle.wait(timeout=None)
+                async with self._stream(f"containers/{handle.id}/wait", "POST") as response:
+                    result = await response.json(content_type=None)
                 code = int(result.get("StatusCode", -1))
                 break
             except (aiodocker.DockerError, *_UNREACHABLE):
@@ -657,6 +666,22 @@ class EngineRuntime:
         await self._docker.close()
 
     # --- helpers -----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _stream(
+        self, path: str, method: str, params: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A long-lived engine response (a log stream, a wait), closed when left. aiodocker's
+        own ``log(follow=True)`` and ``wait()`` leave the response open when the stream is
+        abandoned (the task cancelled at stop, the engine gone mid-stream), so aiohttp finds
+        the connection only at garbage collection (ResourceWarning "Unclosed connection")."""
+        async with self._docker._query(
+            path, method=method, params=dict(params or {}), timeout=None
+        ) as response:
+            try:
+                yield response
+            finally:
+                response.close()
 
     async def _call(self, call: Any) -> Any:
         """One engine API call under the API deadline; an unreachable engine is an error."""

@@ -213,7 +213,15 @@ async def test_engine_going_away_under_a_running_endpoint(engine: Engine, tmp_pa
                 await asyncio.sleep(0.1)
             assert error is not None
             assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+            assert error.response["Error"]["Code"] == "ServiceUnavailable"
             assert own.url in str(error)  # says which engine does not answer
+            # DescribeEndpoint and ListEndpoints say so: out of service, and why.
+            described = await call(sm.describe_endpoint, EndpointName="e")
+            assert described["EndpointStatus"] == "OutOfService"
+            assert "e/AllTraffic/" in described["FailureReason"]
+            assert own.url in described["FailureReason"]
+            listed = await call(sm.list_endpoints, StatusEquals="OutOfService")
+            assert [e["EndpointName"] for e in listed["Endpoints"]] == ["e"]
             # The engine is back on the same socket: the container is restarted, serving again.
             own = await asyncio.to_thread(start_service, engine.env, own.socket_dir)
             answer: dict[str, Any] = {}
@@ -224,6 +232,9 @@ async def test_engine_going_away_under_a_running_endpoint(engine: Engine, tmp_pa
                 except ClientError:
                     await asyncio.sleep(0.1)
             assert answer.get("Body") == b'{"predictions":[0.5]}'
+            described = await call(sm.describe_endpoint, EndpointName="e")
+            assert described["EndpointStatus"] == "InService"
+            assert "FailureReason" not in described
     finally:
         if own.service is not None:
             await asyncio.to_thread(stop_service, own.service)
