@@ -4,7 +4,9 @@
 # base image (no registry is reachable here). Idempotent; the base image is built once per
 # machine, keyed by a hash of what goes into it. See docker/README.md.
 #
-#   .ci/podman-setup.sh            # prints the CONTAINERS_CONF and BASE_IMAGE to use
+#   .ci/podman-setup.sh                 # prints the CONTAINERS_CONF and BASE_IMAGE to use
+#   .ci/podman-setup.sh --images        # and builds docker/'s example model images
+#   .ci/podman-setup.sh --router-image  # and builds the router's image (docker/Dockerfile)
 #
 # Needs root and apt. Everything lands under $MCE_ENGINE_HOME (default /var/lib/mce-router-engine).
 set -euo pipefail
@@ -23,7 +25,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # crun refuses hybrid cgroups here, rlimits cannot be raised in this sandbox, and catatonit as
-# PID 1 makes `stop` take 0.1-0.4 s instead of 5-10 s (../shared/container-runtime.md).
+# PID 1 makes `stop` take 0.1-0.4 s instead of 5-10 s (docker/README.md).
 nofile=$(ulimit -Hn)
 nproc=$(ulimit -Hu); [ "$nproc" = unlimited ] && nproc=32768; [ "$nproc" -gt 32768 ] && nproc=32768
 conf="$HOME_DIR/containers.conf"
@@ -57,9 +59,22 @@ if ! podman image exists "$base"; then
 fi
 podman tag "$base" localhost/mce-base:latest
 
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+if [ "${1:-}" = --router-image ]; then
+  # The router's image (docker/Dockerfile), hot path compiled: the wheels of its build and
+  # runtime requirements (read from pyproject.toml) come from this machine's pip index.
+  "${PYTHON:-python3}" - "$repo/pyproject.toml" >"$HOME_DIR/router-requirements.txt" <<'PY'
+import sys, tomllib
+data = tomllib.load(open(sys.argv[1], "rb"))
+print("\n".join(data["build-system"]["requires"] + data["project"]["dependencies"]))
+PY
+  "${PYTHON:-python3}" -m pip download -q -d "$repo/docker/wheelhouse" \
+    -r "$HOME_DIR/router-requirements.txt" >&2
+  podman build -q --format docker --build-arg BASE_IMAGE="$base" --build-arg PIP_OPTIONS=--no-index \
+    -f "$repo/docker/Dockerfile" -t localhost/mce-router:latest "$repo" >&2
+fi
 if [ "${1:-}" = --images ]; then
   # The example model images of docker/, from this base; pip finds its wheels locally.
-  repo="$(cd "$(dirname "$0")/.." && pwd)"
   if ! ls "$repo"/docker/wheelhouse/*.whl >/dev/null 2>&1; then
     "${PYTHON:-python3}" -m pip download -q -d "$repo/docker/wheelhouse" "aiohttp>=3.9" "orjson>=3.10" >&2
   fi
