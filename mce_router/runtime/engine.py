@@ -52,7 +52,7 @@ from ..errors import ContainerEngineError, ServiceUnavailable, ValidationError
 from . import instances
 from .base import ContainerLaunch
 from .modeldata import ModelDataCache
-from .ports import PortBlocks
+from .ports import PortBlocks, allocate_ports
 
 log = logging.getLogger(__name__)
 #: Container output goes to the router's log under this logger, one line per record.
@@ -353,16 +353,8 @@ class EngineRuntime:
         safe_range: tuple[int, int] | None = None
         if self._settings.network == "host":
             host_config["NetworkMode"] = "host"
-            if port is None:
-                inner_port, _ = self._bind_ports.allocate()
-            else:  # a restart keeps its port (the upstream pool and routing table know it)
-                inner_port = port
-                self._bind_ports.reserve(port)
-            try:
-                safe_range = inner_range = self._ranges.allocate()
-            except BaseException:
-                self._bind_ports.release(inner_port)
-                raise
+            inner_port, safe_range = allocate_ports(self._bind_ports, self._ranges, port)
+            inner_range = safe_range
             host_port = inner_port
         else:
             host_config["NetworkMode"] = f"container:{infra.id}"

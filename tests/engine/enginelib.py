@@ -26,7 +26,7 @@ from typing import Any
 
 import aiodocker
 import pytest
-from conftest import make_config
+from conftest import invoke, make_config
 
 from mce_router import Router, RouterConfig
 from mce_router.config import EngineSettings
@@ -151,6 +151,20 @@ def engine_config(engine: Engine, state_dir: Path, **engine_settings: Any) -> Ro
 async def engine_router(config: RouterConfig) -> AsyncIterator[Router]:
     async with Router(config) as router:
         yield router
+
+
+async def invoke_target(
+    client: Any, endpoint: str, target: str, body: bytes, content_type: str = "application/json"
+) -> bytes:
+    """InvokeEndpoint on one container of a Direct endpoint; the answer's body."""
+    answer = await invoke(
+        client,
+        EndpointName=endpoint,
+        TargetContainerHostname=target,
+        ContentType=content_type,
+        Body=body,
+    )
+    return bytes(answer["Body"])
 
 
 async def exec_in(engine: Engine, container_id: str, *argv: str) -> str:

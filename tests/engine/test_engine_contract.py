@@ -32,6 +32,7 @@ from enginelib import (  # the fixtures, too: a conftest.py here would shadow te
     engine_config,
     engine_router,
     exec_in,
+    invoke_target,
     no_container_left_behind,
 )
 
@@ -144,14 +145,10 @@ async def test_direct_and_serial_endpoints_of_images_through_boto3(
         )
         assert answer["Body"] == b"1.375,positive\n4.0,positive\n"
         for _ in range(4):  # both instances answer
-            answer = await invoke(
-                runtime,
-                EndpointName="direct",
-                TargetContainerHostname="model",
-                ContentType="application/json",
-                Body=b'{"instances": [[1, 2, 3]]}',
+            answer_body = await invoke_target(
+                runtime, "direct", "model", b'{"instances": [[1, 2, 3]]}'
             )
-            assert answer["Body"] == b'{"predictions":[1.375]}'
+            assert answer_body == b'{"predictions":[1.375]}'
 
         # Started as SageMaker starts it: `<entrypoint> serve`, Environment + SAGEMAKER_*.
         model = engine_container(router, "serial", "model")

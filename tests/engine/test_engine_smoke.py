@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import deploy, direct_model, invoke, runtime_client
+from conftest import deploy, direct_model, runtime_client
 from enginelib import (  # the fixtures, too: a conftest.py here would shadow tests/conftest.py
     QUICKSTART_IMAGE,
     Engine,
     engine,
     engine_config,
     engine_router,
+    invoke_target,
     no_container_left_behind,
 )
 
@@ -26,19 +27,7 @@ async def test_direct_endpoint_of_real_images(engine: Engine, tmp_path: Path) ->
         await router.check_model(model)
         await deploy(router, model)
         client = runtime_client(router)
-        answer = await invoke(
-            client,
-            EndpointName="smoke",
-            TargetContainerHostname="pre",
-            ContentType="text/csv",
-            Body=b"1,2,3\n",
-        )
-        assert answer["Body"] == b'{"instances":[[1.0,2.0,3.0]]}'
-        answer = await invoke(
-            client,
-            EndpointName="smoke",
-            TargetContainerHostname="model",
-            ContentType="application/json",
-            Body=b'{"instances": [[1, 2, 3]]}',
-        )
-        assert answer["Body"] == b'{"predictions":[1.375]}'
+        answer = await invoke_target(client, "smoke", "pre", b"1,2,3\n", "text/csv")
+        assert answer == b'{"instances":[[1.0,2.0,3.0]]}'
+        answer = await invoke_target(client, "smoke", "model", b'{"instances": [[1, 2, 3]]}')
+        assert answer == b'{"predictions":[1.375]}'
