@@ -38,6 +38,7 @@ from mce_router.config import (  # noqa: E402
     Listener,
     MetricsSettings,
     ProcessImage,
+    ProcessSettings,
 )
 from mce_router.runtime.base import ContainerLaunch  # noqa: E402
 from mce_router.runtime.images import ImageRuntime  # noqa: E402
@@ -119,7 +120,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 async def _start_times(runtime: ImageRuntime, state: Path, starts: int) -> dict[str, Any]:
     """Seconds from start() to the first 200 on /ping, per image (and for the process)."""
-    from mce_router.health import wait_until_healthy
+    from mce_router.endpoints.health import wait_until_healthy
 
     health = HealthSettings(startup_ping_interval_seconds=0.01)
     results: dict[str, Any] = {}
@@ -174,6 +175,8 @@ async def main() -> None:
             )
         },
         listener=Listener(port=0, admin_port=0),
+        # Away from the default bind ports that test runs on the same machine start from.
+        process=ProcessSettings(bind_port_range_start=17000, bind_port_range_size=1000),
         metrics=MetricsSettings(enabled=False),
         container_engine=EngineSettings(url=url, stop_grace_seconds=5),
         state_dir=state,
@@ -204,7 +207,7 @@ async def main() -> None:
                 samples = await asyncio.to_thread(_latencies, port, name, args.requests // 2)
                 latency.setdefault(name, []).extend(samples)
             summary = {name: _summary(samples) for name, samples in latency.items()}
-            runtime = router._runtime
+            runtime = router._parts().runtime
             assert isinstance(runtime, ImageRuntime)
             starts = await _start_times(runtime, state, args.starts)
     finally:
