@@ -454,17 +454,45 @@ class EngineRuntime:
                 await self._remove(instance.infra)
                 instance.infra = None
             if instance.infra is None:
-                if self._settings.network == "instance":
-                    for name in instance.inner_ports:
-                        if name not in instance.host_ports:
-                            instance.host_ports[name] = self._bind_ports.allocate()[0]
-                instance.infra = await self._start_infra(launch, instance, instance_type)
+                instance.infra = await self._start_infra_on_free_ports(
+                    launch, instance, instance_type
+                )
                 instance.cgroup = (
                     self._cgroup_template.format(id=instance.infra.id)
                     if self._cgroup_template is not None and instance_type is not None
                     else None
                 )
         return instance
+
+    async def _start_infra_on_free_ports(
+        self,
+        launch: ContainerLaunch,
+        instance: _Instance,
+        instance_type: instances.InstanceType | None,
+    ) -> aiodocker.containers.DockerContainer:
+        """The infra container, its published ports newly allocated for a new instance. A port
+        found free can be taken by another program before the engine binds it: a new instance
+        then tries other ports (twice more). A recreated infra container keeps its ports (the
+        router's upstreams know them), so it fails instead and the supervisor retries."""
+        if self._settings.network == "host":
+            return await self._start_infra(launch, instance, instance_type)
+        fresh = [name for name in instance.inner_ports if name not in instance.host_ports]
+        for attempt in range(3):
+            for name in fresh:
+                instance.host_ports[name] = self._bind_ports.allocate()[0]
+            try:
+                return await self._start_infra(launch, instance, instance_type)
+            except ContainerEngineError as exc:
+                if not fresh or attempt == 2 or "address already in use" not in exc.message:
+                    raise
+                log.info(
+                    "instance %s: a published port was taken (%s); trying others",
+                    instance.key,
+                    exc.message,
+                )
+                for name in fresh:
+                    self._bind_ports.release(instance.host_ports.pop(name))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _start_infra(
         self,
