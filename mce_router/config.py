@@ -119,6 +119,43 @@ class ProcessSettings:
     bind_host: str = "127.0.0.1"
 
 
+PULL_POLICIES = ("never", "missing", "always")
+NETWORK_MODES = ("instance", "host")
+
+
+def default_engine_url() -> str:
+    """Where Docker clients look for the engine: ``DOCKER_HOST``, else Docker's socket."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """``container_engine:``: images without an ``images:`` entry run as real containers on a
+    Docker Engine API (Docker, or ``podman system service``); see runtime/engine.py."""
+
+    url: str = field(default_factory=default_engine_url)
+    #: never: the image must be present; missing: pull when absent; always: pull at CreateModel.
+    pull: str = "missing"
+    #: SIGTERM, then SIGKILL after this many seconds (SageMaker: 30).
+    stop_grace_seconds: float = 30.0
+    #: instance: the containers of one instance share a network namespace of their own (they
+    #: reach each other on localhost; the router reaches them on published loopback ports);
+    #: host: the engine host's network, ports handed out by the router.
+    network: str = "instance"
+    #: Image of the container holding an instance's network namespace (and its shared CPU and
+    #: memory limits); "" = the instance's first image with ``sleep infinity``.
+    infra_image: str = ""
+    #: Where ModelDataUrl archives are unpacked (cached by URL and ETag/mtime); "" =
+    #: ``<state_dir>/model-data``.
+    model_data_dir: str = ""
+    #: Upper bound of one unpacked ModelDataUrl (bytes); SageMaker's own limit is the volume.
+    model_data_max_bytes: int = 10 * 1024 * MIB
+    #: S3 endpoint for s3:// ModelDataUrl ("" = AWS's); credentials: the usual AWS chain.
+    s3_endpoint_url: str = ""
+    #: Deadline of one engine API call (pulls excepted), so a hung engine is an error.
+    api_timeout_seconds: float = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     #: Off removes every metrics call from the hot path (benchmarks compare both).
@@ -242,6 +279,8 @@ class RouterConfig:
     endpoints: tuple[Mapping[str, Any], ...] = ()
     #: SigV4 authentication and IAM authorization; ``mode: none`` (the default) checks nothing.
     auth: AuthConfig = field(default_factory=AuthConfig)
+    #: Run images that have no ``images:`` entry on a container engine; None = no engine.
+    container_engine: EngineSettings | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -277,6 +316,7 @@ class RouterConfig:
             "models",
             "endpoint_configs",
             "endpoints",
+            "container_engine",
         }
         refuse_unknown_keys(raw, known, "config")
         base = base_dir or Path.cwd()
@@ -308,6 +348,11 @@ class RouterConfig:
             if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
                 raise ConfigError(f"config.{key}: must be a list of request bodies (mappings)")
             kwargs[key] = tuple(items)
+        if "container_engine" in raw:
+            # An empty section (`container_engine: {}`) means: the engine at the default URL.
+            kwargs["container_engine"] = _section(
+                EngineSettings, raw["container_engine"] or {}, "container_engine"
+            )
         kwargs["auth"] = AuthConfig.from_mapping(
             raw.get("auth"),
             base,
@@ -358,6 +403,7 @@ _Section = TypeVar(
     MetricsSettings,
     TracingSettings,
     AutoscalingSettings,
+    EngineSettings,
 )
 
 
@@ -541,6 +587,28 @@ def _validate(config: RouterConfig) -> None:
             f"config.process: the bind port range {bind_start}..{bind_end - 1} overlaps the safe "
             f"port ranges {config.process.safe_port_range_start}..{end - 1}; move one of them"
         )
+    if config.container_engine is not None:
+        _validate_engine(config.container_engine)
+
+
+def _validate_engine(engine: EngineSettings) -> None:
+    where = "config.container_engine"
+    if not engine.url.startswith(("unix://", "tcp://", "http://", "https://")):
+        raise ConfigError(
+            f"{where}.url: must be unix:///path/to.sock, tcp://host:port or http(s)://host:port "
+            f"(got {engine.url!r})"
+        )
+    for name, allowed in (("pull", PULL_POLICIES), ("network", NETWORK_MODES)):
+        if getattr(engine, name) not in allowed:
+            raise ConfigError(
+                f"{where}.{name}: must be one of {', '.join(allowed)} "
+                f"(got {getattr(engine, name)!r})"
+            )
+    if engine.stop_grace_seconds < 0:
+        raise ConfigError(f"{where}.stop_grace_seconds: must be 0 or more")
+    for name in ("model_data_max_bytes", "api_timeout_seconds"):
+        if getattr(engine, name) <= 0:
+            raise ConfigError(f"{where}.{name}: must be greater than 0")
 
 
 def _validate_tracing(tracing: TracingSettings) -> None:

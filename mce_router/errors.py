@@ -109,7 +109,8 @@ class EndpointConfigNotFound(ResourceNotFound):
 
 class ContainerEngineError(RouterError, OSError):
     """The container engine (Docker Engine API) is unreachable or refused an operation. An
-    OSError too: like a process that cannot be spawned, it fails one container start."""
+    OSError too: like a process that cannot be spawned, it fails one container start (the
+    supervisors retry OSErrors), and at start-up it is one line naming the engine's URL."""
 
     def __init__(self, message: str) -> None:
         RouterError.__init__(self, message)

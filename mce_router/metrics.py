@@ -30,7 +30,7 @@ import collections
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +160,9 @@ class UsageSource:
     variant: str
     container: str
     pids: tuple[int, ...]
+    #: Runtimes that measure usage themselves (a container engine's stats) give this instead
+    #: of pids: (CPU percent of one core, memory percent of the instance), None while unknown.
+    probe: Callable[[], Awaitable[tuple[float, float] | None]] | None = None
 
 
 class ProcessTreeSampler:
@@ -269,21 +272,33 @@ class RouterMetrics(Collector):
         for source in sources:
             seen.append(source.pids)
             result = self._sampler.sample(source.pids)
-            if result is None:
-                continue
-            key = (source.endpoint, source.variant, source.container)
-            usage = self.usage.get(key)
-            if usage is None:
-                usage = self.usage[key] = UsageMetrics(*key)
-            usage.sample(*result)
+            if result is not None:
+                self._record_usage(source, result)
         self._sampler.forget_others(seen)
+
+    def _record_usage(self, source: UsageSource, result: tuple[float, float]) -> None:
+        key = (source.endpoint, source.variant, source.container)
+        usage = self.usage.get(key)
+        if usage is None:
+            usage = self.usage[key] = UsageMetrics(*key)
+        usage.sample(*result)
+
+    async def sample_probes(self, sources: Iterable[UsageSource]) -> None:
+        """Ask the runtimes that measure usage themselves (concurrently: one engine call each)."""
+        probes = [(source, source.probe) for source in sources if source.probe is not None]
+        results = await asyncio.gather(*(probe() for _, probe in probes), return_exceptions=True)
+        for (source, _), result in zip(probes, results, strict=True):
+            if isinstance(result, tuple):
+                self._record_usage(source, result)
 
     async def run_sampler(
         self, sources: Callable[[], Iterable[UsageSource]], interval: float
     ) -> None:
         while True:
+            current = list(sources())
             # psutil reads /proc synchronously; a thread keeps the event loop free.
-            await asyncio.to_thread(self.sample_usage, list(sources()))
+            await asyncio.to_thread(self.sample_usage, [s for s in current if s.probe is None])
+            await self.sample_probes(current)
             await asyncio.sleep(interval)
 
     async def run_emf_writer(

@@ -81,8 +81,8 @@ class Router:
 
     :param config: the frozen router configuration.
     :param runtime: how images become containers; defaults to the ``images:`` of ``config``
-        (local processes or external URLs). Inject another runtime (e.g. a container engine,
-        or a fake in tests) here.
+        (local processes or external URLs) and, with ``container_engine``, real containers
+        of every other image. Inject another runtime (e.g. a fake in tests) here.
     """
 
     def __init__(
@@ -162,7 +162,9 @@ class Router:
         stack.callback(store.close)
         runtime = self._runtime_override
         if runtime is None:
-            runtime = ImageRuntime(config.images, config.process, config.state_dir)
+            # With container_engine: connects to it (one line naming the URL if it does not
+            # answer) and removes the containers a crashed run of this router left behind.
+            runtime = await ImageRuntime.create(config)
             stack.push_async_callback(runtime.aclose)
         hooks = self.tracing = build_hooks(
             config.tracing,
@@ -395,6 +397,12 @@ class Router:
     @property
     def endpoints(self) -> NameMap[EndpointState]:
         return NameMap() if self._running is None else self._running.endpoints.endpoints
+
+    async def check_model(self, body: Mapping[str, Any]) -> None:
+        """CreateModel's checks that ask the runtime about the images (a container engine
+        inspects or pulls each and applies the accept-bind-to-port rule); the control plane
+        calls it before :meth:`create_model`, embedders should too."""
+        await self._parts().catalog.check_model(body)
 
     def create_model(self, body: Mapping[str, Any]) -> ModelSpec:
         """CreateModel: validate (spec rules, every image mapped), persist, return the model."""

@@ -122,7 +122,9 @@ class ControlApi(JsonApi):
         super().__init__(
             guard,
             {
-                "CreateModel": _create(catalog.create_model, "ModelArn", arns, "model"),
+                "CreateModel": _create(
+                    catalog.create_model, "ModelArn", arns, "model", check=catalog.check_model
+                ),
                 "DescribeModel": _named(catalog.describe_model, "ModelName"),
                 "ListModels": _listing(catalog.list_models),
                 "DeleteModel": _named(catalog.delete_model, "ModelName"),
@@ -175,11 +177,19 @@ class _Named(Protocol):
 
 
 def _create(
-    create: Callable[[Params], _Named], key: str, arns: Arns, kind: ResourceKind
+    create: Callable[[Params], _Named],
+    key: str,
+    arns: Arns,
+    kind: ResourceKind,
+    *,
+    check: Callable[[Params], Awaitable[None]] | None = None,
 ) -> Operation:
-    """Create<Resource>: the output is the new resource's ARN under ``key``."""
+    """Create<Resource>: the output is the new resource's ARN under ``key``; ``check`` runs
+    first, for rules that must await (CreateModel's image inspection on a container engine)."""
 
     async def operation(params: Params) -> dict[str, Any]:
+        if check is not None:
+            await check(params)
         return {key: arns.of(kind, create(params).name)}
 
     return operation

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from ..runtime.engine import BIND_LABEL
 from ..runtime.instances import GIB, InstanceType
 from ..runtime.ports import port_is_free
 from . import probes
-from .subjects import BIND_LABEL, Started, StartFailed, Subject
+from .subjects import Started, StartFailed, Subject
 
 _HIGH_RULE = "bind-port-above-32767"
 ACCEPT_LIMIT_SECONDS = 0.25

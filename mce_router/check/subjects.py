@@ -24,7 +24,6 @@ from ..errors import ContainerEngineError
 from ..runtime.instances import InstanceType
 from ..runtime.process import _die_with_parent
 
-BIND_LABEL = "com.amazonaws.sagemaker.capabilities.accept-bind-to-port"
 #: Marks the checker's own containers, so that a checker killed outright leaves findable ones.
 CHECK_LABEL = "io.github.mce-router.check"
 # Variables of the checker's own environment a container must not inherit.

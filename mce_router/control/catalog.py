@@ -24,6 +24,7 @@ from ..errors import (
     ValidationError,
 )
 from ..runtime.base import ContainerRuntime
+from ..runtime.instances import check_instance_types
 from ..spec import EndpointConfigSpec, ModelSpec
 from .listing import ListItem, list_page, parse_list_request
 from .resources import EndpointConfigRecord, FleetSnapshot, ModelRecord, NameMap
@@ -65,6 +66,16 @@ class Catalog:
 
     # --- models ------------------------------------------------------------------------------
 
+    async def check_model(self, body: Mapping[str, Any]) -> None:
+        """CreateModel's checks that ask the runtime about the images (a container engine
+        inspects or pulls them and applies SageMaker's accept-bind-to-port rule). Call it
+        before :meth:`create_model`, which cannot await."""
+        model = ModelSpec.from_request(body, max_containers=self._limits.max_containers_per_model)
+        where = "PrimaryContainer" if model.primary else "Containers[{}]"
+        await self._runtime.check_model(
+            [(c.image, f"{where.format(i)}.Image") for i, c in enumerate(model.containers)]
+        )
+
     def create_model(self, body: Mapping[str, Any]) -> ModelSpec:
         """CreateModel: validate (spec rules, every image mapped), persist, return the model."""
         model = ModelSpec.from_request(body, max_containers=self._limits.max_containers_per_model)
@@ -77,10 +88,11 @@ class Catalog:
         return model
 
     def _warn_unused_model_data(self, model: ModelSpec) -> None:
-        # A runtime without the attribute predates it and mounts nothing either.
-        if getattr(self._runtime, "mounts_model_data", False):
-            return
+        # A runtime without the method predates it and mounts nothing either.
+        mounts = getattr(self._runtime, "mounts_model_data", None)
         for index, container in enumerate(model.containers):
+            if callable(mounts) and mounts(container.image):
+                continue
             for field in _MODEL_DATA_FIELDS:
                 if field in container.extra:
                     where = "PrimaryContainer" if model.primary else f"Containers[{index}]"
@@ -128,6 +140,7 @@ class Catalog:
         """CreateEndpointConfig: every variant's model must exist."""
         endpoint_config = EndpointConfigSpec.from_request(body)
         tags = parse_tags(body.get("Tags"))
+        check_instance_types(endpoint_config.variants)
         for index, variant in enumerate(endpoint_config.variants):
             if variant.model_name not in self.models:
                 raise ValidationError(

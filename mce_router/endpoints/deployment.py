@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..arns import log_stream_arn
@@ -95,6 +95,10 @@ class Deployment:
                     image=container.image,
                     environment=container.environment,
                     log_path=logs / variant.variant_name / instance_id / f"{container.name}.log",
+                    # What a container engine needs beyond a command line.
+                    model_data_url=_text(container.extra.get("ModelDataUrl")),
+                    instance_type=_text(variant.extra.get("InstanceType")),
+                    instance_containers=tuple(c.name for c in model.containers),
                 ),
                 window,
             )
@@ -236,9 +240,21 @@ class Deployment:
                 slot.launch.variant_name,
                 slot.launch.container_name,
                 slot.container.pids(),
+                # Runtimes that measure usage themselves (a container engine's stats).
+                getattr(slot.container, "usage", None),
             )
             for slot in self._slots
-            if slot.container is not None and slot.container.pids()
+            if slot.container is not None
+            and (slot.container.pids() or hasattr(slot.container, "usage"))
+        ]
+
+    def unavailable(self) -> list[str]:
+        """The serving containers that cannot take requests now (restarting, failing pings,
+        their engine away), each as ``<label>: <why>``; empty when all serve."""
+        return [
+            f"{slot.launch.label}: {slot.upstream.unavailable_reason}"
+            for slot in self._slots
+            if slot.upstream is not None and not slot.upstream.available
         ]
 
     # --- supervision -------------------------------------------------------------------------
@@ -417,6 +433,15 @@ class Deployment:
             *(self._runtime.stop(s.container, grace) for s in slots if s.container),
             return_exceptions=True,
         )
+        await self._stop_instances(slots)
+
+    async def _stop_instances(self, slots: Sequence[ContainerSlot]) -> None:
+        """What each instance's containers shared (an engine's network namespace and cgroup)
+        goes once they are stopped."""
+        instance_ids = dict.fromkeys(s.launch.instance_id for s in slots)
+        await asyncio.gather(
+            *(self._runtime.stop_instance(i) for i in instance_ids), return_exceptions=True
+        )
 
     # --- stopping ----------------------------------------------------------------------------
 
@@ -461,3 +486,8 @@ class Deployment:
             *(self._runtime.stop(s.container, grace) for s in self._slots if s.container),
             return_exceptions=True,
         )
+        await self._stop_instances(self._slots)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import HealthSettings
-from ..runtime.base import RunningContainer
+from ..runtime.base import RunningContainer, exit_detail
 
 #: How much of a container's own output a failure reason quotes.
 LOG_TAIL_LINES = 5
@@ -55,6 +55,8 @@ def exit_reason(container: RunningContainer, when: str) -> str:
     """Why a container that stopped is unhealthy: its exit and the last lines of its log."""
     status = container.exit_status()
     reason = f"its process {describe_exit(status if status is not None else 0)} {when}"
+    if detail := exit_detail(container):  # e.g. a container engine's OOM kill
+        reason += f" ({detail})"
     tail = log_tail(container.launch.log_path)
     return f"{reason}; last log lines: {tail}" if tail else f"{reason}; its log is empty"
 

@@ -177,9 +177,10 @@ class EndpointManager:
             described["ProductionVariants"] = state.deployed.variant_summaries(
                 running=state.deployment is not None
             )
-        described["EndpointStatus"] = str(state.status)
-        if state.failure_reason:
-            described["FailureReason"] = truncate_reason(state.failure_reason)
+        status, failure_reason = state.reported()
+        described["EndpointStatus"] = str(status)
+        if failure_reason:
+            described["FailureReason"] = truncate_reason(failure_reason)
         described["CreationTime"] = state.created_at
         described["LastModifiedTime"] = state.modified_at
         if state.pending is not None and state.deployed is not None:
@@ -200,7 +201,7 @@ class EndpointManager:
         )
         items = []
         for name, state in self.endpoints.items():
-            status = str(state.status)
+            status = str(state.reported()[0])
             summary = {
                 "EndpointName": name,
                 "EndpointArn": self._arns.of("endpoint", name),

@@ -115,6 +115,12 @@ async def apply_declared_resources(
         model = ModelSpec.from_request(body, max_containers=max_containers)
         existing_model = catalog.models.get(model.name)
         if existing_model is None:
+            try:
+                await catalog.check_model(body)
+            except ValidationError as exc:  # e.g. an image the container engine lacks
+                raise ConfigError(
+                    f"config.models[{index}] (ModelName {model.name!r}): {exc.message}"
+                ) from exc
             catalog.create_model(body)
         elif existing_model.spec.to_request() != model.to_request():
             raise _declared_conflict(config, "models", index, "model", model.name)

@@ -81,6 +81,25 @@ class EndpointState:
             raise InvalidTransition(f"endpoint {self.name}: {self.status} -> {status}")
         self.status = status
 
+    def reported(self) -> tuple[EndpointStatus, str | None]:
+        """EndpointStatus and FailureReason as the API reports them. An InService endpoint
+        whose containers cannot all take requests (restarting after a crash, their container
+        engine away) is degraded: OutOfService when none can, SystemUpdating while some can,
+        with FailureReason naming those that cannot; InService again once they are back. Only
+        reported: the state file keeps InService, so a restart redeploys the fleet."""
+        if self.status is not EndpointStatus.IN_SERVICE or self.deployment is None:
+            return self.status, self.failure_reason
+        down = self.deployment.unavailable()
+        if not down:
+            return self.status, self.failure_reason
+        serving = len(self.deployment.slots) - len(down)
+        status = EndpointStatus.SYSTEM_UPDATING if serving else EndpointStatus.OUT_OF_SERVICE
+        shown = "; ".join(down[:3]) + (f"; and {len(down) - 3} more" if len(down) > 3 else "")
+        return status, (
+            f"{len(down)} of {len(self.deployment.slots)} containers cannot take requests "
+            f"(the router restarts them): {shown}"
+        )
+
     def stored(self, **changes: Any) -> StoredEndpoint:
         """The state file row of this endpoint, with ``changes`` (StoredEndpoint fields)."""
         row = StoredEndpoint(

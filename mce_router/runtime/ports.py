@@ -63,6 +63,24 @@ class PortBlocks:
         self._taken.discard((first - self._start) // self._size)
 
 
+def allocate_ports(
+    bind_ports: PortBlocks, safe_ranges: PortBlocks, port: int | None
+) -> tuple[int, tuple[int, int]]:
+    """A ``SAGEMAKER_BIND_TO_PORT`` and a ``SAGEMAKER_SAFE_PORT_RANGE`` block for one
+    container; ``port`` keeps a restarted container's port (the upstream pool and routing
+    table know it). Nothing stays reserved when either allocation fails."""
+    if port is None:
+        bind_port, _ = bind_ports.allocate()
+    else:
+        bind_port = port
+        bind_ports.reserve(port)
+    try:
+        return bind_port, safe_ranges.allocate()
+    except BaseException:
+        bind_ports.release(bind_port)
+        raise
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:

@@ -25,7 +25,7 @@ import psutil
 
 from ..config import ProcessImage, ProcessSettings
 from .base import ContainerLaunch
-from .ports import PortBlocks
+from .ports import PortBlocks, allocate_ports
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ class ProcessRuntime:
             count=settings.safe_port_range_blocks,
             what="SAGEMAKER_SAFE_PORT_RANGE block",
         )
+        #: The bind ports and safe port ranges, shared with the container-engine runtime so
+        #: that the two never hand out the same port.
+        self.port_blocks = (self._bind_ports, self._ranges)
         self._registry = state_dir / "run" / "process-groups.json"
         self._groups: dict[int, float] = {}  # pgid -> leader create_time, mirrored to disk
         reap_orphans(self._registry)
@@ -90,16 +93,7 @@ class ProcessRuntime:
         self, launch: ContainerLaunch, image: ProcessImage, *, port: int | None = None
     ) -> ProcessContainer:
         host = self._settings.bind_host
-        if port is None:
-            bind_port, _ = self._bind_ports.allocate()
-        else:  # a restart keeps its port (the upstream pool and routing table know it)
-            bind_port = port
-            self._bind_ports.reserve(port)
-        try:
-            safe_range = self._ranges.allocate()
-        except BaseException:
-            self._bind_ports.release(bind_port)
-            raise
+        bind_port, safe_range = allocate_ports(self._bind_ports, self._ranges, port)
         env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
         env.update(image.environment)
         env.update(launch.environment)
