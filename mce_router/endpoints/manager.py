@@ -417,6 +417,7 @@ class EndpointManager:
         """Shift traffic to ``new`` step by step; on a rollback stop it, put the endpoint back
         InService on the old config with FailureReason, and answer why."""
         state.starting = new  # one of the endpoint's fleets: deletion and shutdown stop it
+        state.traffic_shift = 0.0
 
         def step(share: float) -> None:
             state.traffic_shift = share
