@@ -91,19 +91,23 @@ def _integer(raw: Mapping[str, Any], key: str, where: str, low: int, high: int |
     return value
 
 
-def _capacity(raw: Any, where: str) -> CapacitySize:
-    size = _mapping(raw, where)
-    kind = size.get("Type")
+def _type(raw: Mapping[str, Any], where: str, allowed: Sequence[str]) -> str:
+    """The structure's ``Type``: present and one of ``allowed``."""
+    kind = raw.get("Type")
     if kind is None:
         missing_value(f"{where}.type")
-    if kind not in CAPACITY_TYPES:
+    if kind not in allowed:
         invalid_value(
-            f"{where}.type",
-            kind,
-            f"Member must satisfy enum value set: [{', '.join(CAPACITY_TYPES)}]",
+            f"{where}.type", kind, f"Member must satisfy enum value set: [{', '.join(allowed)}]"
         )
+    return str(kind)
+
+
+def _capacity(raw: Any, where: str) -> CapacitySize:
+    size = _mapping(raw, where)
+    kind = _type(size, where, CAPACITY_TYPES)
     value = _integer(size, "Value", where, 1, 100 if kind == "CAPACITY_PERCENT" else None)
-    return CapacitySize(str(kind), value)
+    return CapacitySize(kind, value)
 
 
 def parse_deployment_config(raw: Any, alarms: Sequence[AlarmSpec]) -> BlueGreenPlan | None:
@@ -148,15 +152,7 @@ def parse_deployment_config(raw: Any, alarms: Sequence[AlarmSpec]) -> BlueGreenP
     if routing_raw is None:
         missing_value(where)
     routing = _mapping(routing_raw, where)
-    traffic = routing.get("Type")
-    if traffic is None:
-        missing_value(f"{where}.type")
-    if traffic not in TRAFFIC_TYPES:
-        invalid_value(
-            f"{where}.type",
-            traffic,
-            f"Member must satisfy enum value set: [{', '.join(TRAFFIC_TYPES)}]",
-        )
+    traffic = _type(routing, where, TRAFFIC_TYPES)
     wait = _integer(routing, "WaitIntervalInSeconds", where, 0, 3600)
     step: CapacitySize | None = None
     for kind, key in (("CANARY", "CanarySize"), ("LINEAR", "LinearStepSize")):
@@ -183,7 +179,7 @@ def parse_deployment_config(raw: Any, alarms: Sequence[AlarmSpec]) -> BlueGreenP
         if policy.get("MaximumExecutionTimeoutInSeconds") is None
         else _integer(policy, "MaximumExecutionTimeoutInSeconds", _WHERE, 600, 28800)
     )
-    return BlueGreenPlan(str(traffic), wait, step, termination, maximum, tuple(named), dict(config))
+    return BlueGreenPlan(traffic, wait, step, termination, maximum, tuple(named), dict(config))
 
 
 # --- the fleet's own calls ------------------------------------------------------------------

@@ -71,6 +71,17 @@ def green_share(route: EndpointRoute | None) -> float:
     return round(green / total, 3)
 
 
+def policy(routing: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing, **extra}}
+
+
+def rollout(routing: dict[str, Any], alarms: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        **policy(routing, **extra),
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": name} for name in alarms]},
+    }
+
+
 class Load:
     """Sequential invocations (one at a time, 5 ms apart, at most ``limit``) until stopped."""
 
@@ -99,6 +110,15 @@ class Load:
         await self._task
 
 
+async def blue_under_load(sm: Any, runtime: Any, green_environment: dict[str, str]) -> Load:
+    """Both fleets' configs created, the endpoint on blue, load running and answered by it."""
+    await create_fleets(sm, green_environment)
+    load = Load(runtime)
+    load.start()
+    await wait_until(_cond(lambda: load.ok >= 10), 10, "requests on blue")
+    return load
+
+
 def green_pids(router: Router) -> set[int]:
     state = router.endpoints[ENDPOINT]
     fleet = state.starting or state.deployment
@@ -111,24 +131,17 @@ async def test_canary_to_failing_fleet_rolls_back(config_factory: Any) -> None:
     async with Router(config) as router:
         sm, runtime = control_client(router.admin_url), runtime_client(router)
         with closing(sm), closing(runtime):
-            await create_fleets(sm, {"FAULT_DEFAULT_ACTION": "status:500"})
-            load = Load(runtime)
-            load.start()
-            await wait_until(_cond(lambda: load.ok >= 10), 10, "requests on blue")
-            deployment = {
-                "BlueGreenUpdatePolicy": {
-                    "TrafficRoutingConfiguration": {
-                        "Type": "CANARY",
-                        "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 20},
-                        # Far longer than the test: only the alarm can end the canary.
-                        "WaitIntervalInSeconds": 600,
-                    },
-                    "TerminationWaitInSeconds": 0,
+            load = await blue_under_load(sm, runtime, {"FAULT_DEFAULT_ACTION": "status:500"})
+            deployment = rollout(
+                # Far longer than the test: only the alarm can end the canary.
+                {
+                    "Type": "CANARY",
+                    "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 20},
+                    "WaitIntervalInSeconds": 600,
                 },
-                "AutoRollbackConfiguration": {
-                    "Alarms": [{"AlarmName": "green-5xx"}, {"AlarmName": "green-latency"}]
-                },
-            }
+                ["green-5xx", "green-latency"],
+                TerminationWaitInSeconds=0,
+            )
             await call(
                 sm.update_endpoint,
                 EndpointName=ENDPOINT,
@@ -175,25 +188,20 @@ async def test_linear_shift_to_healthy_fleet_completes_step_by_step(
     async with Router(config) as router:
         sm, runtime = control_client(router.admin_url), runtime_client(router)
         with closing(sm), closing(runtime):
-            await create_fleets(sm, {})
-            load = Load(runtime)
-            load.start()
-            await wait_until(_cond(lambda: load.ok >= 10), 10, "requests on blue")
+            load = await blue_under_load(sm, runtime, {})
             await call(
                 sm.update_endpoint,
                 EndpointName=ENDPOINT,
                 EndpointConfigName="green",
-                DeploymentConfig={
-                    "BlueGreenUpdatePolicy": {
-                        "TrafficRoutingConfiguration": {
-                            "Type": "LINEAR",
-                            "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 34},
-                            "WaitIntervalInSeconds": 1,
-                        },
-                        "TerminationWaitInSeconds": 1,
+                DeploymentConfig=rollout(
+                    {
+                        "Type": "LINEAR",
+                        "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 34},
+                        "WaitIntervalInSeconds": 1,
                     },
-                    "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "green-5xx"}]},
-                },
+                    ["green-5xx"],
+                    TerminationWaitInSeconds=1,
+                ),
             )
             seen: list[float] = []
             state = router.endpoints[ENDPOINT]
@@ -220,10 +228,6 @@ def _cond(predicate: Any) -> Any:
         return bool(predicate())
 
     return check
-
-
-def policy(routing: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing, **extra}}
 
 
 BAD_CONFIGS = [
