@@ -425,8 +425,10 @@ class EndpointManager:
         try:
             reason = await shift_traffic(plan, old, new, self._server, step)
         finally:
-            state.starting = None
             state.traffic_shift = None
+        # Only now: cancelled (DeleteEndpoint, shutdown), the new fleet stays one of the
+        # endpoint's fleets, so that whoever cancelled stops its containers.
+        state.starting = None
         if reason is None:
             return None
         state.retiring.append(new)

@@ -301,3 +301,30 @@ async def test_bad_deployment_configs_are_refused(config_factory: Any) -> None:
             assert described["EndpointStatus"] == "InService"
             assert described["EndpointConfigName"] == "blue"
             assert "LastDeploymentConfig" not in described
+
+
+async def test_delete_during_canary_stops_both_fleets(config_factory: Any) -> None:
+    async with Router(config_factory()) as router:
+        sm = control_client(router.admin_url)
+        with closing(sm):
+            await create_fleets(sm, {})
+            blue = green_pids(router)
+            await call(
+                sm.update_endpoint,
+                EndpointName=ENDPOINT,
+                EndpointConfigName="green",
+                DeploymentConfig=policy(
+                    {
+                        "Type": "CANARY",
+                        "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 50},
+                        "WaitIntervalInSeconds": 600,
+                    }
+                ),
+            )
+            state = router.endpoints[ENDPOINT]
+            await wait_until(_cond(lambda: state.traffic_shift == 0.5), 20, "the canary")
+            green = green_pids(router)
+            assert green and green.isdisjoint(blue)
+            await call(sm.delete_endpoint, EndpointName=ENDPOINT)
+            await wait_until(_cond(lambda: ENDPOINT not in router.endpoints), 20, "the deletion")
+            await wait_no_live_processes(blue | green)
