@@ -216,6 +216,60 @@ class AutoscalingSettings:
     scale_in_datapoints: int = 15
 
 
+#: What a rollout alarm may watch: the new fleet's calls, as SageMaker's CloudWatch metrics
+#: name them (ModelLatency in microseconds, as SageMaker publishes it).
+ALARM_METRICS = ("Invocation5XXErrors", "Invocation4XXErrors", "Invocations", "ModelLatency")
+ALARM_STATISTICS = ("Sum", "Average", "SampleCount")
+ALARM_COMPARISONS = ("GreaterThanThreshold", "GreaterThanOrEqualToThreshold")
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmSpec:
+    """An alarm UpdateEndpoint's AutoRollbackConfiguration may name (AWS: a CloudWatch alarm).
+    It watches the fleet being deployed: one datapoint per ``period_seconds``; it fires when
+    ``evaluation_periods`` consecutive datapoints breach ``threshold``."""
+
+    name: str = ""
+    metric: str = "Invocation5XXErrors"
+    threshold: float = 0.0
+    statistic: str = "Sum"
+    comparison: str = "GreaterThanThreshold"
+    period_seconds: float = 60.0
+    evaluation_periods: int = 1
+    #: Only the fleet being deployed is watched (the old one is what a rollback returns to).
+    fleet: str = "new"
+
+
+def _parse_alarms(raw: Any) -> tuple[AlarmSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("config.alarms: must be a list of alarms ({name, metric, ...})")
+    alarms = tuple(_section(AlarmSpec, item, f"alarms[{i}]") for i, item in enumerate(raw))
+    seen: set[str] = set()
+    for index, alarm in enumerate(alarms):
+        where = f"config.alarms[{index}]"
+        checks = (
+            ("metric", alarm.metric, ALARM_METRICS),
+            ("statistic", alarm.statistic, ALARM_STATISTICS),
+            ("comparison", alarm.comparison, ALARM_COMPARISONS),
+            ("fleet", alarm.fleet, ("new",)),
+        )
+        for key, value, allowed in checks:
+            if value not in allowed:
+                raise ConfigError(f"{where}.{key}: must be one of {', '.join(allowed)}")
+        if not alarm.name or len(alarm.name) > 255:
+            raise ConfigError(f"{where}.name: must be 1 to 255 characters (AWS's AlarmName)")
+        if alarm.name in seen:
+            raise ConfigError(f"{where}.name: {alarm.name!r} is defined twice")
+        seen.add(alarm.name)
+        if alarm.period_seconds <= 0 or alarm.evaluation_periods < 1:
+            raise ConfigError(
+                f"{where}: period_seconds must be greater than 0 and evaluation_periods at least 1"
+            )
+    return alarms
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
     host: str = "127.0.0.1"
@@ -268,6 +322,8 @@ class RouterConfig:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
+    #: Alarms UpdateEndpoint's AutoRollbackConfiguration names (README "Safe deployments").
+    alarms: tuple[AlarmSpec, ...] = ()
     state_dir: Path = Path("mce-state")
     #: The SQLite file holding models, endpoint configs and endpoints; None means
     #: ``<state_dir>/state.db``.
@@ -308,6 +364,7 @@ class RouterConfig:
             "metrics",
             "tracing",
             "autoscaling",
+            "alarms",
             "auth",
             "state_dir",
             "state_file",
@@ -329,6 +386,7 @@ class RouterConfig:
             "metrics": _section(MetricsSettings, raw.get("metrics"), "metrics"),
             "tracing": _section(TracingSettings, raw.get("tracing"), "tracing"),
             "autoscaling": _section(AutoscalingSettings, raw.get("autoscaling"), "autoscaling"),
+            "alarms": _parse_alarms(raw.get("alarms")),
         }
         listener = kwargs["listener"]
         for key in ("tls_cert_file", "tls_key_file"):
@@ -404,6 +462,7 @@ _Section = TypeVar(
     TracingSettings,
     AutoscalingSettings,
     EngineSettings,
+    AlarmSpec,
 )
 
 

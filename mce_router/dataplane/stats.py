@@ -49,7 +49,7 @@ class CallStats:
         "latency_sum", "m_4xx", "m_5xx", "m_count", "m_lat_max", "m_lat_min", "m_lat_sum",
         "m_ovh_max", "m_ovh_min", "m_ovh_sum", "minute", "minute_end", "minute_end_perf",
         "overhead_buckets",
-        "overhead_sum",
+        "overhead_sum", "tee",
     )  # fmt: skip
 
     def __init__(self, *dimensions: str) -> None:
@@ -67,6 +67,9 @@ class CallStats:
         #: ``minute_end`` on the hot path's perf_counter clock, so that recording a call needs
         #: no clock read of its own (the proxy passes the instant it read anyway).
         self.minute_end_perf = 0.0
+        #: Also records every call: a fleet's own stats passing each call on to the shared
+        #: (endpoint, variant, container) ones, so that a rollout can watch one fleet alone.
+        self.tee: CallStats | None = None
         self._reset_minute()
 
     def _reset_minute(self) -> None:
@@ -103,6 +106,8 @@ class CallStats:
             self.m_ovh_min = overhead
         if overhead > self.m_ovh_max:
             self.m_ovh_max = overhead
+        if self.tee is not None:
+            self.tee.record(status, latency, overhead, now)
 
     def roll(self, now: float) -> None:
         """Start the minute of ``now`` (wall-clock seconds) if it is not the current one."""

@@ -36,6 +36,7 @@ from ..metrics import RouterMetrics, UsageSource
 from ..runtime.base import ContainerRuntime
 from ..spec import EndpointSpec
 from .deployment import Deployment
+from .rollout import BlueGreenPlan, parse_deployment_config, shift_traffic
 from .state import EndpointState, EndpointStatus, Failure, FailureKind
 
 log = logging.getLogger(__name__)
@@ -105,13 +106,18 @@ class EndpointManager:
         fails, the old one keeps serving and FailureReason says why. With ``wait`` returns
         once it settled and raises :class:`EndpointStartupError` when the update failed.
 
-        ``RetainAllVariantProperties``, ``ExcludeRetainedVariantProperties``,
-        ``DeploymentConfig`` and ``RetainDeploymentConfig`` are accepted and ignored: there is
-        one deployment strategy (all at once, blue/green) and no variant property is changed
-        outside endpoint configs.
+        ``DeploymentConfig.BlueGreenUpdatePolicy`` shifts the traffic in steps and rolls back
+        when an alarm fires (:mod:`mce_router.endpoints.rollout`); ``RetainDeploymentConfig``
+        reuses the last one. ``RetainAllVariantProperties`` and
+        ``ExcludeRetainedVariantProperties`` are accepted and ignored: no variant property is
+        changed outside endpoint configs.
         """
         spec = EndpointSpec.from_request(body)
         state = self._endpoint(spec.name)
+        raw_plan = body.get("DeploymentConfig")
+        if raw_plan is None and body.get("RetainDeploymentConfig") is True:
+            raw_plan = state.deployment_config
+        plan = parse_deployment_config(raw_plan, self._config.alarms)
         if state.status is not Status.IN_SERVICE:
             advice = {
                 Status.FAILED: "Delete it and create it again.",
@@ -131,7 +137,9 @@ class EndpointManager:
         )
         state.move_to(Status.UPDATING)
         state.pending, state.modified_at = snapshot, now
-        self.start_operation(state, self._roll_out(state, snapshot), "update")
+        if raw_plan is not None:
+            state.deployment_config = raw_plan
+        self.start_operation(state, self._roll_out(state, snapshot, plan), "update")
         if wait:
             await self._raise_failure(state)
         return state
@@ -183,6 +191,8 @@ class EndpointManager:
             described["FailureReason"] = truncate_reason(failure_reason)
         described["CreationTime"] = state.created_at
         described["LastModifiedTime"] = state.modified_at
+        if state.deployment_config is not None:
+            described["LastDeploymentConfig"] = dict(state.deployment_config)
         if state.pending is not None and state.deployed is not None:
             described["PendingDeploymentSummary"] = {
                 "EndpointConfigName": state.pending.config.name,
@@ -353,8 +363,11 @@ class EndpointManager:
         log.info("endpoint %s is InService", state.name)
         return None
 
-    async def _roll_out(self, state: EndpointState, snapshot: FleetSnapshot) -> Failure | None:
-        """UpdateEndpoint's background half: new fleet up, swap, old fleet drained and stopped."""
+    async def _roll_out(
+        self, state: EndpointState, snapshot: FleetSnapshot, plan: BlueGreenPlan | None = None
+    ) -> Failure | None:
+        """UpdateEndpoint's background half: new fleet up, swap (in the plan's steps, rolled
+        back when an alarm fires), old fleet drained and stopped."""
         serving = state.config_name
         started = await self._start_fleet(state, snapshot)
         if isinstance(started, Failure):
@@ -370,6 +383,15 @@ class EndpointManager:
             return failure
         fleet, route = started
         old = state.deployment
+        if plan is not None and old is not None and old.route is not None:
+            rolled_back = await self._shift(state, plan, old, fleet)
+            if rolled_back is not None:
+                return Failure(
+                    FailureKind.ROLLED_BACK,
+                    f"Update to endpoint configuration {snapshot.config.name} was rolled back, "
+                    f"so the endpoint still serves {serving} with its previous containers: "
+                    f"{rolled_back}.",
+                )
         self._put_in_service(state, fleet, route, snapshot)
         state.failure_reason = None
         if old is not None:
@@ -389,6 +411,34 @@ class EndpointManager:
         self.persist(state)
         log.info("endpoint %s is InService with endpoint config %s", state.name, state.config_name)
         return None
+
+    async def _shift(
+        self, state: EndpointState, plan: BlueGreenPlan, old: Deployment, new: Deployment
+    ) -> str | None:
+        """Shift traffic to ``new`` step by step; on a rollback stop it, put the endpoint back
+        InService on the old config with FailureReason, and answer why."""
+        state.starting = new  # one of the endpoint's fleets: deletion and shutdown stop it
+        state.traffic_shift = 0.0
+
+        def step(share: float) -> None:
+            state.traffic_shift = share
+
+        try:
+            reason = await shift_traffic(plan, old, new, self._server, step)
+        finally:
+            state.traffic_shift = None
+        # Only now: cancelled (DeleteEndpoint, shutdown), the new fleet stays one of the
+        # endpoint's fleets, so that whoever cancelled stops its containers.
+        state.starting = None
+        if reason is None:
+            return None
+        state.retiring.append(new)
+        state.move_to(Status.IN_SERVICE)
+        state.pending = None
+        state.failure_reason = f"Deployment rolled back: {reason}"
+        self.persist(state)
+        await self._retire(state, new)
+        return reason
 
     async def _retire(self, state: EndpointState, fleet: Deployment) -> None:
         """Drain a fleet that is out of the routing table, then stop it."""

@@ -94,6 +94,12 @@ class Scaler:
                 f"Endpoint {state.name} is {state.status}; its capacity can change only while "
                 "it is InService."
             )
+        if state.traffic_shift is not None:
+            # A scale swap would put the old fleet's own route back over the split one.
+            raise ValidationError(
+                f"Endpoint {state.name} is shifting traffic to a new fleet (UpdateEndpoint "
+                "with DeploymentConfig); its capacity can change once it is InService again."
+            )
         names = [v.variant_name for v in fleet.endpoint_config.variants]
         if variant not in names:
             raise ValidationError(

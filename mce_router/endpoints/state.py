@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import enum
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ class FailureKind(enum.Enum):
     CANCELLED = "cancelled"
     #: The operation task itself raised (a bug).
     CRASHED = "crashed"
+    #: UpdateEndpoint's blue/green rollout rolled back (an alarm fired, or it took too long).
+    ROLLED_BACK = "rolled back"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,10 @@ class EndpointState:
     starting: Deployment | None = None
     #: Fleets taken out of the routing table and draining before they stop.
     retiring: list[Deployment] = field(default_factory=list)
+    #: The DeploymentConfig of the last UpdateEndpoint that had one (LastDeploymentConfig).
+    deployment_config: Mapping[str, Any] | None = None
+    #: The new fleet's share of the traffic while a blue/green rollout shifts it.
+    traffic_shift: float | None = None
     #: The background work on this endpoint (bring-up, update, redeploy, deletion).
     operation: asyncio.Task[Failure | None] | None = None
 
