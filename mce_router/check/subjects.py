@@ -22,12 +22,10 @@ from typing import Any, Protocol
 
 from ..errors import ContainerEngineError
 from ..runtime.instances import InstanceType
-from ..runtime.process import _die_with_parent
+from ..runtime.process import inherited_environment, spawn_in_own_group
 
 #: Marks the checker's own containers, so that a checker killed outright leaves findable ones.
 CHECK_LABEL = "io.github.mce-router.check"
-# Variables of the checker's own environment a container must not inherit.
-_PRIVATE_ENV_PREFIXES = ("AWS_", "MCE_ROUTER_")
 
 
 class StartFailed(Exception):
@@ -150,23 +148,14 @@ class CommandSubject:
     async def start(
         self, bind_port: int, safe_range: tuple[int, int], instance: InstanceType
     ) -> Started:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
+        env = inherited_environment()
         env.update(self._environment)
         env.update(contract_environment(bind_port, safe_range))
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self._log_dir / f"container-{bind_port}.log"
         with log_path.open("ab") as log_file:
             try:
-                process = await asyncio.create_subprocess_exec(
-                    *self._argv,
-                    env=env,
-                    cwd=self._working_dir,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
+                process = await spawn_in_own_group(self._argv, env, self._working_dir, log_file)
             except OSError as exc:
                 raise OSError(f"cannot start {self._argv[0]}: {exc.strerror}") from exc
         return _StartedProcess(self._host, process, log_path)

@@ -17,8 +17,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 import psutil
@@ -38,6 +40,28 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     # If the router is killed outright, the kernel sends the container SIGKILL.
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def inherited_environment() -> dict[str, str]:
+    """The router's environment without what containers must not inherit."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
+
+
+async def spawn_in_own_group(
+    argv: Sequence[str], env: Mapping[str, str], cwd: str | Path | None, log_file: BinaryIO
+) -> asyncio.subprocess.Process:
+    """Start ``argv`` as the leader of a new process group (stopped as a group), its output in
+    ``log_file``, killed by the kernel should the router die outright."""
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        env=dict(env),
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
 
 
 @dataclass(slots=True)
@@ -94,7 +118,7 @@ class ProcessRuntime:
     ) -> ProcessContainer:
         host = self._settings.bind_host
         bind_port, safe_range = allocate_ports(self._bind_ports, self._ranges, port)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
+        env = inherited_environment()
         env.update(image.environment)
         env.update(launch.environment)
         env["SAGEMAKER_BIND_TO_PORT"] = str(bind_port)
@@ -111,16 +135,7 @@ class ProcessRuntime:
             )
             log_file.flush()
             try:
-                process = await asyncio.create_subprocess_exec(
-                    *argv,
-                    env=env,
-                    cwd=image.working_dir,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
+                process = await spawn_in_own_group(argv, env, image.working_dir, log_file)
             except OSError as exc:
                 self._ranges.release(safe_range[0])
                 self._bind_ports.release(bind_port)
