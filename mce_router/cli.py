@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__, dataplane
 from .aio import finished_before
-from .config import RouterConfig
+from .config import RouterConfig, default_engine_url
 from .dataplane.allocator import tune_allocator
 from .errors import ConfigError, RouterError
 from .loadtest import cli as loadtest_cli
@@ -212,7 +212,6 @@ def _split_command(argv: list[str], own_options: set[str]) -> tuple[list[str], l
 
 
 def _check(args: argparse.Namespace, command: list[str]) -> int:
-    import os
     import tempfile
 
     from .check import CheckOptions, CommandSubject, ImageSubject, Subject, check_container
@@ -248,7 +247,7 @@ def _check(args: argparse.Namespace, command: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="mce-check-") as logs:
         subject: Subject
         if args.image is not None:
-            url = args.engine_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+            url = args.engine_url or default_engine_url()
             subject = ImageSubject(args.image, engine_url=url, environment=environment)
         else:
             subject = CommandSubject(command, environment=environment, log_dir=Path(logs))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from ..runtime.engine import BIND_LABEL
+from ..runtime.engine import BIND_LABEL, accepts_bind_port
 from ..runtime.instances import GIB, InstanceType
 from ..runtime.ports import port_is_free
 from . import probes
@@ -191,7 +191,7 @@ async def check_container(subject: Subject, options: CheckOptions) -> CheckRepor
             value = str(labels.get(BIND_LABEL, ""))
             report.add(
                 "accept-bind-to-port-label",
-                value.lower() == "true",
+                accepts_bind_port(labels),
                 f"{BIND_LABEL}={value}"
                 if value
                 else f"the image has no {BIND_LABEL} label (multi-container models reject it)",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..endpoints.health import log_tail
 from ..errors import ContainerEngineError
 from ..runtime.instances import InstanceType
 from ..runtime.process import inherited_environment, spawn_in_own_group
@@ -78,14 +79,6 @@ def contract_environment(bind_port: int, safe_range: tuple[int, int]) -> dict[st
     }
 
 
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_bytes()[-16384:].decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 # --- command lines ---------------------------------------------------------------------------
 
 
@@ -118,7 +111,7 @@ class _StartedProcess:
         await self.process.wait()
 
     async def log_tail(self, lines: int = 8) -> str:
-        return _tail(self.log_path, lines)
+        return log_tail(self.log_path)  # the health checks' reading of a container log
 
 
 class CommandSubject:

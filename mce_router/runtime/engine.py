@@ -75,6 +75,11 @@ _UNREACHABLE = (OSError, aiohttp.ClientError, asyncio.TimeoutError)
 CGROUP_PARENT = "/mce-router"
 
 
+def accepts_bind_port(labels: Mapping[str, Any]) -> bool:
+    """Whether an image's labels say it listens on SAGEMAKER_BIND_TO_PORT (SageMaker's rule)."""
+    return str(labels.get(BIND_LABEL, "")).lower() == "true"
+
+
 def router_id(state_dir: Path) -> str:
     """Names this router in labels: one router owns a state directory (it holds a lock)."""
     return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
@@ -314,8 +319,7 @@ class EngineRuntime:
 
     @staticmethod
     def _require_bind_label(image: str, info: Mapping[str, Any], field: str) -> None:
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        if str(labels.get(BIND_LABEL, "")).lower() != "true":
+        if not accepts_bind_port((info.get("Config") or {}).get("Labels") or {}):
             raise ValidationError(
                 f"Your Ecr Image {image} does not contain required "
                 f"{BIND_LABEL}=true Docker label(s).",
