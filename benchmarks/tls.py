@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import socket
 import ssl
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 import trustme
 import yaml
-from benchlib.load import Case, measure
+from benchlib.load import Case, case_table, interleaved_rounds, medians, write_results
 from benchlib.procs import (
     LOAD_CPU,
     PROXY_CPU,
@@ -47,7 +45,6 @@ from benchlib.stack import (
     start_nginx,
 )
 
-HERE = Path(__file__).resolve().parent
 CONNECTIONS = 64
 
 
@@ -149,43 +146,18 @@ def main(argv: list[str] | None = None) -> int:
             case("nginx", "nginx", f"http://{HOST}:{nginx_plain}/invocations", "nginx-tls"),
             case("router", "router", f"http://{HOST}:{router_plain}{invocations}", "router"),
         ]  # fmt: skip
-        runs: list[dict[str, Any]] = []
-        for round_no in range(1, rounds + 1):
-            order = cases if round_no % 2 else list(reversed(cases))
-            for each in order:
-                run = measure(
-                    each, seconds=seconds, warmup=1, workdir=workdir, processes=processes,
-                    round_no=round_no,
-                )  # fmt: skip
-                log(
-                    f"round {round_no} {each.id}: {run['rps']:,.0f} req/s, "
-                    f"{run.get('proxy_cpu_us_per_req') or 0:.1f} us CPU/req, "
-                    f"errors {run['socket_errors'] + run['non_2xx']}, "
-                    f"foreign CPU {run['foreign_cpu_pct']:.0f} %"
-                )
-                runs.append(run)
+        runs = interleaved_rounds(
+            cases, rounds=rounds, seconds=seconds, workdir=workdir, processes=processes
+        )
     result = _summarize(runs, ciphers, rounds, seconds)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "tls.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "tls.md").write_text(_markdown(result), encoding="utf-8")
-    print(_markdown(result))
+    write_results("tls", result, _markdown(result))
     return 0
 
 
 def _summarize(
     runs: list[dict[str, Any]], ciphers: dict[str, str], rounds: int, seconds: int
 ) -> dict[str, Any]:
-    cases: dict[str, dict[str, Any]] = {}
-    for name in ("nginx-tls", "router-tls", "nginx", "router"):
-        mine = [r for r in runs if r["case"] == name]
-        cases[name] = {
-            "rps": statistics.median(r["rps"] for r in mine),
-            "cpu_us_per_req": statistics.median(r.get("proxy_cpu_us_per_req") or 0 for r in mine),
-            "p99_us": statistics.median(r["latency_us"]["p99"] for r in mine),
-            "errors": sum(r["socket_errors"] + r["non_2xx"] for r in mine),
-            "foreign_cpu_pct": statistics.median(r["foreign_cpu_pct"] for r in mine),
-        }
+    cases = medians(runs, ["nginx-tls", "router-tls", "nginx", "router"])
 
     def ratio(a: str, b: str, key: str) -> float:
         return cases[a][key] / cases[b][key] if cases[b][key] else float("nan")
@@ -216,14 +188,8 @@ def _markdown(result: dict[str, Any]) -> str:
         f"Negotiated: nginx {result['negotiated']['nginx']}, router "
         f"{result['negotiated']['router']}.",
         "",
-        "| path | req/s | proxy CPU µs/req | p99 µs | errors | other load (% CPU) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, case in result["cases"].items():
-        lines.append(
-            f"| {name} | {case['rps']:,.0f} | {case['cpu_us_per_req']:.1f} | "
-            f"{case['p99_us']:,.0f} | {case['errors']} | {case['foreign_cpu_pct']:.0f} |"
-        )
+    lines += case_table(result["cases"])
     r = result["ratios"]
     lines += [
         "",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__, dataplane
 from .aio import finished_before
-from .config import RouterConfig, default_engine_url
+from .config import RouterConfig, default_engine_url, parse_workers
 from .dataplane.allocator import tune_allocator
 from .errors import ConfigError, RouterError
 from .loadtest import cli as loadtest_cli
@@ -48,6 +48,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--tls-key", type=Path, metavar="PEM", help="its private key (listen.tls_key_file)"
+    )
+    serve.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="data-plane processes on the runtime port (auto: one per usable CPU; default: "
+        "config listen.workers, else 1); this process keeps the control plane",
     )
     serve.add_argument("--state-dir", type=Path, help="logs and state (default: config)")
     serve.add_argument(
@@ -334,6 +340,11 @@ def load_serve_config(args: argparse.Namespace) -> RouterConfig:
             admin_port=args.admin_port if args.admin_port is not None else listener.admin_port,
             tls_cert_file=str(args.tls_cert.resolve()) if args.tls_cert else listener.tls_cert_file,
             tls_key_file=str(args.tls_key.resolve()) if args.tls_key else listener.tls_key_file,
+            workers=(
+                parse_workers(args.workers, "--workers")
+                if args.workers is not None
+                else listener.workers
+            ),
         )
     )
     if args.state_dir is not None:
@@ -382,9 +393,11 @@ async def _serve(config: RouterConfig, drain_seconds: float) -> None:
             return
         starting.result()
         implementation = dataplane.implementation()
+        workers = router.workers
         log.info(
-            "runtime API on %s, admin and control plane on %s, state in %s; hot path: %s",
+            "runtime API on %s%s, admin and control plane on %s, state in %s; hot path: %s",
             router.runtime_url,
+            f" (served by {workers.count} worker processes)" if workers is not None else "",
             router.admin_url,
             config.state_path,
             implementation,

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import yaml
 
@@ -281,6 +281,10 @@ class Listener:
     tls_key_file: str = ""
     #: The oldest TLS version accepted: "1.2" or "1.3".
     tls_min_version: str = "1.2"
+    #: Data-plane processes serving ``port`` (SO_REUSEPORT); this process keeps the control
+    #: plane, health checks, containers and the state file. 1 serves the port in this process;
+    #: ``auto`` in the config file (``--workers auto``) is the number of usable CPUs.
+    workers: int = 1
 
     @property
     def tls(self) -> bool:
@@ -379,7 +383,7 @@ class RouterConfig:
         base = base_dir or Path.cwd()
         kwargs: dict[str, Any] = {
             "images": MappingProxyType(_parse_images(raw.get("images") or {}, base)),
-            "listener": _section(Listener, raw.get("listen"), "listen"),
+            "listener": _section(Listener, _resolve_workers(raw.get("listen")), "listen"),
             "limits": _section(Limits, raw.get("limits"), "limits"),
             "health": _section(HealthSettings, raw.get("health"), "health"),
             "process": _section(ProcessSettings, raw.get("process"), "process"),
@@ -436,6 +440,32 @@ class RouterConfig:
         except yaml.YAMLError as exc:
             raise ConfigError(f"config: {config_path} is not valid YAML: {exc}") from exc
         return cls.from_mapping(raw or {}, base_dir=config_path.resolve().parent)
+
+
+#: More data-plane processes than this is a typo, not a machine.
+MAX_WORKERS: Final = 256
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as ``workers: auto`` counts them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parse_workers(value: object, where: str) -> int:
+    """``auto`` (usable CPUs) or a whole number 1..MAX_WORKERS."""
+    if value == "auto":
+        return usable_cpus()
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    raise ConfigError(f"{where}: must be auto or a whole number 1..{MAX_WORKERS} (got {value!r})")
+
+
+def _resolve_workers(listen: Any) -> Any:
+    if isinstance(listen, Mapping) and "workers" in listen:
+        return {**listen, "workers": parse_workers(listen["workers"], "config.listen.workers")}
+    return listen
 
 
 def _validate_tls(listener: Listener) -> None:
@@ -628,6 +658,13 @@ def _validate(config: RouterConfig) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError(f"config.listen.{name}: must be 0..65535 (0 = any free port)")
     _validate_tls(config.listener)
+    parse_workers(config.listener.workers, "config.listen.workers")
+    if config.listener.workers > 1 and config.tracing.hop_log_enabled:
+        raise ConfigError(
+            "config.tracing.hop_log_enabled: the hop log is kept in the memory of the process "
+            "that serves the request, and with listen.workers > 1 those are the worker "
+            "processes, which GET /hop-log cannot read; use workers: 1 to debug a pipeline"
+        )
     end = config.process.safe_port_range_start + (
         config.process.safe_port_range_size * config.process.safe_port_range_blocks
     )

@@ -222,9 +222,17 @@ class RouterMetrics(Collector):
         self.usage: dict[tuple[str, str, str], UsageMetrics] = {}
         #: The errors the router answered itself (the data plane records them).
         self.answers = RouterAnswers()
+        #: Brings in what other processes recorded (data-plane workers) before an export.
+        self.refresh: Callable[[], Awaitable[None]] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._sampler = ProcessTreeSampler()
+
+    async def refreshed(self) -> RouterMetrics:
+        """These metrics, with every worker process's calls so far added in."""
+        if self.refresh is not None:
+            await self.refresh()
+        return self
 
     # binding, at routing-table build time
     def container(self, endpoint: str, variant: str, container: str) -> CallStats:

@@ -55,6 +55,7 @@ from .runtime import ContainerRuntime, ImageRuntime
 from .security import Guard
 from .spec import EndpointConfigSpec, ModelSpec
 from .tracing import TracingHooks, build_hooks
+from .workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class _Running:
     store: Store
     runtime: ContainerRuntime
     server: RuntimeServer
-    listener: asyncio.Server
+    #: The runtime listener of this process, or the worker processes that serve it instead.
+    listener: asyncio.Server | WorkerPool
     catalog: Catalog
     endpoints: EndpointManager
     admin: web.AppRunner
@@ -188,17 +190,29 @@ class Router:
         stack.callback(server.close)  # its sweeper timer must not outlive the router
         stack.callback(server.abort_all)
         tls = config.listener.ssl_context()
-        with _listening("runtime API", config.listener.host, config.listener.port, "port"):
-            listener = await loop.create_server(
-                server.protocol_factory,
-                config.listener.host,
-                config.listener.port,
-                backlog=4096,
-                reuse_address=True,
-                ssl=tls,
-            )
-        stack.push_async_callback(listener.wait_closed)
-        stack.callback(listener.close)  # (wait_closed waits forever on a listener left open)
+        listener: asyncio.Server | WorkerPool
+        if config.listener.workers > 1:
+            listener = WorkerPool(config, server, config.listener.workers)
+            server.mirror = listener
+            if self.metrics is not None:
+                self.metrics.refresh = listener.refresh
+            with _listening("runtime API", config.listener.host, config.listener.port, "port"):
+                await listener.start()
+            # (Normally stopped with a drain by _close_runtime_listener; this is for a failed
+            # start.)
+            stack.push_async_callback(listener.stop, 0.0, self._drain_cut)
+        else:
+            with _listening("runtime API", config.listener.host, config.listener.port, "port"):
+                listener = await loop.create_server(
+                    server.protocol_factory,
+                    config.listener.host,
+                    config.listener.port,
+                    backlog=4096,
+                    reuse_address=True,
+                    ssl=tls,
+                )
+            stack.push_async_callback(listener.wait_closed)
+            stack.callback(listener.close)  # (wait_closed waits forever on a listener left open)
         catalog = Catalog(store, runtime, config.limits, self._arns)
         endpoints = EndpointManager(
             config,
@@ -282,8 +296,11 @@ class Router:
         return self._running
 
     async def _close_runtime_listener(
-        self, listener: asyncio.Server, server: RuntimeServer
+        self, listener: asyncio.Server | WorkerPool, server: RuntimeServer
     ) -> None:
+        if isinstance(listener, WorkerPool):
+            await listener.stop(self._drain_seconds, self._drain_cut)
+            return
         listener.close()
         server.accepting = False
         server.close_idle_connections()
@@ -336,7 +353,16 @@ class Router:
 
     @property
     def runtime_port(self) -> int:
-        return int(self._parts().listener.sockets[0].getsockname()[1])
+        listener = self._parts().listener
+        if isinstance(listener, WorkerPool):
+            return listener.port
+        return int(listener.sockets[0].getsockname()[1])
+
+    @property
+    def workers(self) -> WorkerPool | None:
+        """The data-plane worker processes (``listen.workers`` > 1), else None."""
+        listener = self._parts().listener
+        return listener if isinstance(listener, WorkerPool) else None
 
     @property
     def admin_port(self) -> int:

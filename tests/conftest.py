@@ -21,6 +21,7 @@ import psutil
 import pytest
 from botocore.config import Config
 from botocore.validate import validate_parameters
+from prometheus_client.parser import text_string_to_metric_families
 
 from mce_router import Router, RouterConfig
 from mce_router.config import HealthSettings, Limits, Listener, ProcessImage, ProcessSettings
@@ -384,3 +385,18 @@ async def headers_report(client: Any, **kwargs: Any) -> dict[str, Any]:
     response = await invoke(client, CustomAttributes="action=headers", Body=b"x", **kwargs)
     report: dict[str, Any] = json.loads(response["Body"])
     return report
+
+
+def prometheus_samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def labels(endpoint: str, container: str | None = None) -> tuple[tuple[str, str], ...]:
+    pairs = {"endpoint_name": endpoint, "variant_name": "AllTraffic"}
+    if container is not None:
+        pairs["container_name"] = container
+    return tuple(sorted(pairs.items()))

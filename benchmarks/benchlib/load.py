@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import threading
 import time
@@ -20,6 +21,7 @@ from .procs import (
     BenchError,
     ForeignLoad,
     Managed,
+    log,
     pinned,
     tree_cpu_seconds,
     tree_rss,
@@ -51,6 +53,9 @@ class Case:
     fine_rss: bool = False
     #: Run the warm-up first (1-connection latency runs skip it: nothing to warm).
     warm: bool = True
+    #: The CPU wrk is pinned to (None: unpinned, the scheduler's choice) and its threads.
+    load_cpu: int | None = LOAD_CPU
+    wrk_threads: int = 1
 
 
 class RssSampler(threading.Thread):
@@ -98,7 +103,7 @@ def run_wrk(
     cmd = pinned(
         [
             wrk,
-            "-t1",
+            f"-t{case.wrk_threads}",
             f"-c{case.connections}",
             f"-d{seconds}s",
             f"--timeout={timeout_s:g}s",
@@ -107,7 +112,7 @@ def run_wrk(
             str(LUA),
             case.url,
         ],
-        LOAD_CPU,
+        case.load_cpu,
     )
     proc = subprocess.Popen(
         cmd,
@@ -198,3 +203,75 @@ def measure(
             }
         )
     return result
+
+
+def interleaved_rounds(
+    cases: list[Case],
+    *,
+    rounds: int,
+    seconds: int,
+    workdir: Path,
+    processes: dict[str, Managed],
+) -> list[dict[str, Any]]:
+    """Every case once per round, every other round in reverse order (so a drift of the
+    machine over the run does not favour the cases measured first); one log line per run."""
+    runs: list[dict[str, Any]] = []
+    for round_no in range(1, rounds + 1):
+        order = cases if round_no % 2 else list(reversed(cases))
+        for each in order:
+            run = measure(
+                each, seconds=seconds, warmup=1, workdir=workdir, processes=processes,
+                round_no=round_no,
+            )  # fmt: skip
+            log(
+                f"round {round_no} {each.id}: {run['rps']:,.0f} req/s, "
+                f"{run.get('proxy_cpu_us_per_req') or 0:.1f} us CPU/req, "
+                f"p99 {run['latency_us']['p99']:,.0f} us, "
+                f"errors {run['socket_errors'] + run['non_2xx']}, "
+                f"foreign CPU {run['foreign_cpu_pct']:.0f} %"
+            )
+            runs.append(run)
+    return runs
+
+
+def medians(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per case: median req/s (and each round's), proxy CPU per request, p50, p99, other load;
+    errors summed."""
+    cases: dict[str, dict[str, Any]] = {}
+    for name in names:
+        mine = [r for r in runs if r["case"] == name]
+        cases[name] = {
+            "rps": statistics.median(r["rps"] for r in mine),
+            "rounds_rps": [round(r["rps"]) for r in mine],
+            "cpu_us_per_req": statistics.median(r.get("proxy_cpu_us_per_req") or 0 for r in mine),
+            "p50_us": statistics.median(r["latency_us"]["p50"] for r in mine),
+            "p99_us": statistics.median(r["latency_us"]["p99"] for r in mine),
+            "errors": sum(r["socket_errors"] + r["non_2xx"] for r in mine),
+            "foreign_cpu_pct": statistics.median(r["foreign_cpu_pct"] for r in mine),
+        }
+    return cases
+
+
+def write_results(stem: str, result: dict[str, Any], markdown: str) -> None:
+    """benchmarks/results/STEM.json and STEM.md; the markdown is printed too."""
+    out = Path(__file__).resolve().parent.parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+
+
+def case_table(cases: dict[str, dict[str, Any]]) -> list[str]:
+    """The markdown table of :func:`medians`' cases."""
+    lines = [
+        "| case | req/s | rounds | proxy CPU µs/req | p50 µs | p99 µs | errors | other load % |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, case in cases.items():
+        rounds = ", ".join(f"{x:,}" for x in case["rounds_rps"])
+        lines.append(
+            f"| {name} | {case['rps']:,.0f} | {rounds} | {case['cpu_us_per_req']:.1f} | "
+            f"{case['p50_us']:,.0f} | {case['p99_us']:,.0f} | {case['errors']} | "
+            f"{case['foreign_cpu_pct']:.0f} |"
+        )
+    return lines

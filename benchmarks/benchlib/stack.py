@@ -242,8 +242,11 @@ def start_router(
     timeout: float = 90.0,
     feature_key: str | None = None,
     env: dict[str, str] | None = None,
+    cpu: int | None = PROXY_CPU,
+    extra_args: tuple[str, ...] = (),
 ) -> RouterStart:
-    """Start ``mce-router serve`` pinned to the proxy CPU; wait for its ready line.
+    """Start ``mce-router serve`` pinned to ``cpu`` (default: the proxy CPU; None: unpinned)
+    with ``extra_args``; wait for its ready line.
 
     With ``feature_key``, a config error naming that key (the router does not know it) is
     returned as ``unavailable`` instead of raised.
@@ -266,11 +269,12 @@ def start_router(
         str(state_dir),
         "--drain-seconds",
         "1",
+        *extra_args,
     ]
     managed = procs.spawn(
         name,
         cmd,
-        cpu=PROXY_CPU,
+        cpu=cpu,
         stdout_path=stdout_path,
         grace=10.0,
         env=None if env is None else {**os.environ, **env},

@@ -109,14 +109,14 @@ class AdminApp:
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=self._enabled_metrics().prometheus_text(),
+            body=(await self._enabled_metrics().refreshed()).prometheus_text(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
     async def cloudwatch(self, request: web.Request) -> web.Response:
         """``?include_current=true`` adds the unfinished minute; ``?since=EPOCH`` drops older
         minutes; ``?format=put-metric-data`` answers ready ``put_metric_data(**r)`` requests."""
-        metrics = self._enabled_metrics()
+        metrics = await self._enabled_metrics().refreshed()
         query = request.query
         try:
             since = float(query["since"]) if "since" in query else None

@@ -63,6 +63,19 @@ _random_bits: Final = random.getrandbits
 # ----------------------------------------------------------------------------------------------
 
 
+class TableMirror(Protocol):
+    """Copies the routing state into other processes (``mce_router.workers``: data-plane
+    worker processes serving the same port). Told of every change; ``synced`` returns once
+    every copy applied all changes so far, so that a container taken out of the table may be
+    stopped without any process still routing to it."""
+
+    def table_changed(self, table: RoutingTable) -> None: ...
+
+    def availability_changed(self, upstream: Upstream) -> None: ...
+
+    async def synced(self) -> None: ...
+
+
 class Upstream:
     """One running container as the proxy sees it: address, availability, pool, labels."""
 
@@ -75,10 +88,13 @@ class Upstream:
         "instance_id",
         "log_path",
         "log_stream_arn",
+        "mirror",
         "observer",
         "pool",
         "port",
+        "remote_busy",
         "request_head",
+        "slot",
         "stream_observer",
         "unavailable_reason",
         "variant_name",
@@ -119,15 +135,29 @@ class Upstream:
         #: the stream's whole duration (metrics.py exports them under those names).
         self.stream_observer: CallStats | None = None
         self.request_head = b"POST /invocations HTTP/1.1\r\n" + self.host_header
+        #: Set by a TableMirror: this container's number in the worker processes' copies, and
+        #: the calls to it they have open or queued (what a drain waits on, with the pool's).
+        self.mirror: TableMirror | None = None
+        self.slot = 0
+        self.remote_busy = 0
 
     def mark_available(self) -> None:
         self.available = True
+        if self.mirror is not None:
+            self.mirror.availability_changed(self)
 
     def mark_unavailable(self, reason: str) -> None:
         """Stop routing to this container and drop its connections (they point at a dead peer)."""
         self.available = False
         self.unavailable_reason = reason
         self.pool.close_idle()
+        if self.mirror is not None:
+            self.mirror.availability_changed(self)
+
+    def idle(self) -> bool:
+        """No call to this container is open or waiting, here or in a worker process."""
+        pool = self.pool
+        return pool.open_count == 0 and pool.waiting_count == 0 and self.remote_busy == 0
 
     def __repr__(self) -> str:
         return f"<Upstream {self.endpoint_name}/{self.container_name} {self.host}:{self.port}>"
@@ -155,8 +185,11 @@ class VariantRoute:
     ok_head: bytes = b""
     #: ModelLatency and OverheadLatency of this variant (see Upstream.observer).
     observer: CallStats | None = None
-    #: Requests of this variant being served now; deployments drain on it.
+    #: Requests of this variant being served now; deployments drain on it. With worker
+    #: processes, the sum of theirs (reported by mce_router.workers).
     in_flight: int = 0
+    #: This variant's number in worker processes' copies of the table (0: none yet).
+    slot: int = 0
     _round_robin: itertools.cycle[InstanceRoute] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -457,6 +490,11 @@ class ConnectionPool:
     @property
     def waiting_count(self) -> int:
         return len(self._waiting)
+
+    @property
+    def busy_count(self) -> int:
+        """Calls open on a connection or waiting for one."""
+        return self.open_count - len(self._idle) + len(self._waiting)
 
     def acquire(self, waiter: Invocation, *, fresh: bool = False) -> None:
         """Give ``waiter`` a connection now, or as soon as one is free; ``fresh`` skips idle."""
@@ -1048,6 +1086,9 @@ class RuntimeServer:
         #: SigV4 + IAM checks; None (auth.mode none) keeps them off the hot path entirely.
         self.guard = guard
         self.table = RoutingTable()
+        #: Worker processes' copy of ``table`` and of each container's availability; None
+        #: when this process serves the port itself.
+        self.mirror: TableMirror | None = None
         self.limits = limits
         self.invocation_timeout = limits.invocation_timeout_seconds
         self.queue_wait = min(limits.max_queue_wait_seconds, limits.invocation_timeout_seconds)
@@ -1113,6 +1154,17 @@ class RuntimeServer:
             if len(self._content_type_lines) < _CACHED_LINES and len(content_type) <= 128:
                 self._content_type_lines[content_type] = line
         return line
+
+    def set_table(self, table: RoutingTable) -> None:
+        """Route by ``table`` from now on (and tell the worker processes, if any)."""
+        self.table = table
+        if self.mirror is not None:
+            self.mirror.table_changed(table)
+
+    async def synced(self) -> None:
+        """Return once every worker process routes by the latest table (at once without)."""
+        if self.mirror is not None:
+            await self.mirror.synced()
 
     async def wait_idle(self) -> None:
         while self.in_flight:

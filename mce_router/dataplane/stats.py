@@ -9,7 +9,7 @@ import collections
 import math
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 #: Histogram bounds in seconds: tens of microseconds to 60 s.
 LATENCY_BOUNDS: Final[tuple[float, ...]] = (
@@ -126,12 +126,92 @@ class CallStats:
             self.m_lat_max, self.m_ovh_sum, self.m_ovh_min, self.m_ovh_max,
         )  # fmt: skip
 
+    def take(self) -> CallDelta | None:
+        """What was recorded since the last take (None if nothing), then start from zero: a
+        data-plane worker process hands its calls to the process that exports them."""
+        if self.count == 0:
+            return None
+        minutes = [_minute_fields(m) for m in self.history]
+        if self.m_count:
+            minutes.append(_minute_fields(self._current()))
+        delta: CallDelta = (
+            self.count, self.errors_4xx, self.errors_5xx, self.latency_sum, self.overhead_sum,
+            list(self.latency_buckets), list(self.overhead_buckets), minutes,
+        )  # fmt: skip
+        self.count = self.errors_4xx = self.errors_5xx = 0
+        self.latency_sum = self.overhead_sum = 0.0
+        self.latency_buckets = [0] * (len(LATENCY_BOUNDS) + 1)
+        self.overhead_buckets = [0] * (len(LATENCY_BOUNDS) + 1)
+        self.history.clear()
+        self._reset_minute()
+        return delta
+
+    def merge(self, delta: CallDelta, now: float) -> None:
+        """Add a worker's :meth:`take` to these stats (and to the tee, as record does);
+        ``now``: wall-clock seconds."""
+        count, errors_4xx, errors_5xx, latency_sum, overhead_sum, lat_b, ovh_b, minutes = delta
+        self.count += count
+        self.errors_4xx += errors_4xx
+        self.errors_5xx += errors_5xx
+        self.latency_sum += latency_sum
+        self.overhead_sum += overhead_sum
+        for i, n in enumerate(lat_b):
+            self.latency_buckets[i] += n
+        for i, n in enumerate(ovh_b):
+            self.overhead_buckets[i] += n
+        for fields in minutes:
+            self._merge_minute(CallMinute(*fields), now)
+        if self.tee is not None:
+            self.tee.merge(delta, now)
+
+    def _merge_minute(self, m: CallMinute, now: float) -> None:
+        if m.minute > self.minute:
+            self.roll(max(now, m.minute * 60.0))
+        if m.minute == self.minute:
+            self.m_count += m.count
+            self.m_4xx += m.errors_4xx
+            self.m_5xx += m.errors_5xx
+            self.m_lat_sum += m.latency_sum
+            self.m_ovh_sum += m.overhead_sum
+            self.m_lat_min = min(self.m_lat_min, m.latency_min)
+            self.m_lat_max = max(self.m_lat_max, m.latency_max)
+            self.m_ovh_min = min(self.m_ovh_min, m.overhead_min)
+            self.m_ovh_max = max(self.m_ovh_max, m.overhead_max)
+            return
+        # A minute that ended here already (a report that crossed the minute's end).
+        kept = {old.minute: old for old in self.history}
+        old = kept.get(m.minute)
+        kept[m.minute] = m if old is None else _sum_minutes(old, m)
+        self.history.clear()
+        self.history.extend(kept[k] for k in sorted(kept))
+
     def minutes(self, *, include_current: bool, now: float) -> list[CallMinute]:
         self.roll(now)
         result = list(self.history)
         if include_current and self.m_count:
             result.append(self._current())
         return result
+
+
+#: :meth:`CallStats.take`: counts, 4XX, 5XX, latency and overhead sums, both histograms' bucket
+#: counts, and each minute's fields (as CallMinute's, in order). Plain values: it is pickled.
+CallDelta = tuple[int, int, int, float, float, list[int], list[int], list[tuple[Any, ...]]]
+
+
+def _minute_fields(m: CallMinute) -> tuple[Any, ...]:
+    return (
+        m.minute, m.count, m.errors_4xx, m.errors_5xx, m.latency_sum, m.latency_min,
+        m.latency_max, m.overhead_sum, m.overhead_min, m.overhead_max,
+    )  # fmt: skip
+
+
+def _sum_minutes(a: CallMinute, b: CallMinute) -> CallMinute:
+    return CallMinute(
+        a.minute, a.count + b.count, a.errors_4xx + b.errors_4xx, a.errors_5xx + b.errors_5xx,
+        a.latency_sum + b.latency_sum, min(a.latency_min, b.latency_min),
+        max(a.latency_max, b.latency_max), a.overhead_sum + b.overhead_sum,
+        min(a.overhead_min, b.overhead_min), max(a.overhead_max, b.overhead_max),
+    )  # fmt: skip
 
 
 #: Distinct endpoint names that no endpoint has (typos, scanners) kept as labels; the rest count
@@ -173,6 +253,41 @@ class RouterAnswers:
             while len(self.minutes) > MINUTES_KEPT:
                 self.minutes.popitem(last=False)
         counts[key] = counts.get(key, 0) + 1
+
+    def take(self) -> AnswersDelta | None:
+        """What was recorded since the last take, then start from zero (see CallStats.take)."""
+        if not self.totals:
+            return None
+        delta: AnswersDelta = (
+            list(self.totals.items()),
+            [(minute, list(counts.items())) for minute, counts in self.minutes.items()],
+        )
+        self.totals = {}
+        self.minutes.clear()
+        return delta
+
+    def merge(self, delta: AnswersDelta) -> None:
+        totals, minutes = delta
+        for key, count in totals:
+            self.totals[key] = self.totals.get(key, 0) + count
+        for minute, counts in minutes:
+            kept = self.minutes.get(minute)
+            if kept is None:
+                kept = self.minutes[minute] = {}
+            for key, count in counts:
+                kept[key] = kept.get(key, 0) + count
+        if minutes:
+            for minute in sorted(self.minutes):
+                self.minutes.move_to_end(minute)
+            while len(self.minutes) > MINUTES_KEPT:
+                self.minutes.popitem(last=False)
+
+
+#: :meth:`RouterAnswers.take`: the totals' and each minute's (key, count) pairs.
+AnswersDelta = tuple[
+    list[tuple[tuple[str, str, int, str], int]],
+    list[tuple[int, list[tuple[tuple[str, str, int, str], int]]]],
+]
 
 
 def _bucket(seconds: float) -> int:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..arns import log_stream_arn
@@ -50,8 +50,12 @@ class Deployment:
         config: RouterConfig,
         runtime: ContainerRuntime,
         metrics: RouterMetrics | None = None,
+        synced: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.endpoint_name = endpoint_name
+        #: Returns once every process serving the port routes by the latest table
+        #: (RuntimeServer.synced): awaited before draining or stopping what left the table.
+        self._synced = synced
         self._metrics = metrics
         self.endpoint_config = endpoint_config
         self.models = dict(models)
@@ -406,12 +410,13 @@ class Deployment:
         """Drain a detached instance (no request on any of its containers, or the deadline),
         then stop it: SIGTERM, grace, SIGKILL. False when the deadline cut the drain."""
         deadline = time.monotonic() + drain_seconds
-        pools = [s.upstream.pool for s in slots if s.upstream is not None]
+        upstreams = [s.upstream for s in slots if s.upstream is not None]
         try:
+            await self._wait_synced()
             while True:
-                for pool in pools:
-                    pool.close_idle()  # a connection back from its call is idle: close it
-                if all(p.open_count == 0 and p.waiting_count == 0 for p in pools):
+                for upstream in upstreams:
+                    upstream.pool.close_idle()  # a connection back from its call is idle
+                if all(upstream.idle() for upstream in upstreams):
                     return True
                 if time.monotonic() >= deadline:
                     return False
@@ -445,6 +450,10 @@ class Deployment:
 
     # --- stopping ----------------------------------------------------------------------------
 
+    async def _wait_synced(self) -> None:
+        if self._synced is not None:
+            await self._synced()
+
     @property
     def in_flight(self) -> int:
         if self.route is None:
@@ -458,6 +467,7 @@ class Deployment:
     async def drain(self, seconds: float) -> bool:
         """Wait until no request of this deployment is in flight; False if the deadline hit."""
         deadline = time.monotonic() + seconds
+        await self._wait_synced()
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         return self.in_flight == 0
@@ -469,6 +479,8 @@ class Deployment:
         ``grace_seconds=0`` that kills the containers the first call still waits for."""
         if drain_seconds > 0:
             await self.drain(drain_seconds)
+        else:
+            await self._wait_synced()
         self._stopping = True
         supervisors = [s.supervisor for s in self._slots if s.supervisor is not None]
         for task in supervisors:

@@ -161,7 +161,7 @@ class EndpointManager:
             state.move_to(Status.DELETING)
             state.modified_at = now
             server = self._server
-            server.table = server.table.without_endpoint(state.name)
+            server.set_table(server.table.without_endpoint(state.name))
             previous = state.operation
             if previous is not None:
                 # Now, not in the teardown task: a bring-up whose containers just passed their
@@ -301,6 +301,7 @@ class EndpointManager:
             self._config,
             self._runtime,
             self._metrics,
+            synced=self._server.synced,
         )
         state.starting = fleet
         try:
@@ -326,7 +327,7 @@ class EndpointManager:
         """Swap the fleet into the routing table: one assignment, so each request sees either
         the old route or the new one."""
         server = self._server
-        server.table = server.table.with_endpoint(route)
+        server.set_table(server.table.with_endpoint(route))
         state.deployment = fleet
         state.deployed = snapshot
         state.pending = None

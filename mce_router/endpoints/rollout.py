@@ -354,8 +354,10 @@ async def shift_traffic(
         async with asyncio.timeout(plan.max_execution_seconds):
             shares = plan.shares(instance_total(new))
             for index, share in enumerate(shares):
-                server.table = server.table.with_endpoint(
-                    new.route if share >= 1 else split_route(old, new, share)
+                server.set_table(
+                    server.table.with_endpoint(
+                        new.route if share >= 1 else split_route(old, new, share)
+                    )
                 )
                 if on_step is not None:
                     on_step(share)
@@ -378,7 +380,7 @@ async def shift_traffic(
         await monitor.stop()
         watch.remove()
     if reason is not None:
-        server.table = server.table.with_endpoint(old.route)
+        server.set_table(server.table.with_endpoint(old.route))
         if on_step is not None:
             on_step(0.0)
         log.warning("endpoint %s: rolled back (%s)", new.endpoint_name, reason)

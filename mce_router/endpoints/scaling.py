@@ -167,8 +167,10 @@ class Scaler:
             }:
                 continue
             if "DesiredWeight" in stored:
-                self._server.table = self._server.table.with_endpoint(
-                    fleet.set_weight(variant, float(stored["DesiredWeight"]))
+                self._server.set_table(
+                    self._server.table.with_endpoint(
+                        fleet.set_weight(variant, float(stored["DesiredWeight"]))
+                    )
                 )
             if "DesiredInstanceCount" in stored:
                 self.set_desired_instance_count(
@@ -224,7 +226,7 @@ class Scaler:
                     return_exceptions=True,
                 )
                 if fleet.route is not None and self._routed(endpoint, fleet):
-                    self._server.table = self._server.table.with_endpoint(fleet.route)
+                    self._server.set_table(self._server.table.with_endpoint(fleet.route))
                 failed = [r for r in results if isinstance(r, BaseException)]
                 for error in failed:
                     if isinstance(error, asyncio.CancelledError):
@@ -238,7 +240,7 @@ class Scaler:
                 log.info("%s/%s scaled out to %d instances", endpoint, variant, desired)
             elif desired < current:
                 route, slots = fleet.detach_instance(variant)
-                self._server.table = self._server.table.with_endpoint(route)
+                self._server.set_table(self._server.table.with_endpoint(route))
                 drain = self._config.limits.drain_timeout_seconds
                 if not await fleet.stop_instance(slots, drain):
                     log.warning(
@@ -293,8 +295,8 @@ class Scaler:
         for variant, weight, count in plan:
             if weight is not None:
                 self._remember(state.name, variant, DesiredWeight=weight)
-                self._server.table = self._server.table.with_endpoint(
-                    fleet.set_weight(variant, weight)
+                self._server.set_table(
+                    self._server.table.with_endpoint(fleet.set_weight(variant, weight))
                 )
             if count is not None:
                 self.set_desired_instance_count(state.name, variant, count)

@@ -20,10 +20,11 @@ from conftest import (
     direct_model,
     images_for_tests,
     invoke,
+    labels,
+    prometheus_samples,
     running_router,
     runtime_client,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from mce_router.config import Limits, MetricsSettings, ProcessImage
 from mce_router.dataplane.stats import MAX_UNKNOWN_ENDPOINTS, OTHER_ENDPOINTS, RouterAnswers
@@ -40,21 +41,6 @@ def _get(url: str) -> bytes:
 
 async def fetch(url: str) -> bytes:
     return await asyncio.to_thread(_get, url)
-
-
-def prometheus_samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    samples = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def labels(endpoint: str, container: str | None = None) -> tuple[tuple[str, str], ...]:
-    pairs = {"endpoint_name": endpoint, "variant_name": "AllTraffic"}
-    if container is not None:
-        pairs["container_name"] = container
-    return tuple(sorted(pairs.items()))
 
 
 def cloudwatch_index(datums: list[dict[str, Any]]) -> dict[tuple[str, str, tuple[str, ...]], Any]:

@@ -216,6 +216,7 @@ def test_serve_state_flags_override_the_config(tmp_path: Path) -> None:
         "admin_port": None,
         "tls_cert": None,
         "tls_key": None,
+        "workers": None,
     }
     plain = load_serve_config(argparse.Namespace(**flags, state_dir=None, state_file=None))
     assert plain.state_path == (tmp_path / "from-config" / "state.db").resolve()

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config",),  # the router config (its auth section is security's)
     ("runtime", "dataplane", "metrics"),  # containers; the hot path; metrics of both
     ("tracing",),  # spans and the hop log, on the hot path's hooks
+    ("workers",),  # data-plane worker processes and their copy of the routing table
     ("control",),  # state file, models and endpoint configs, statuses, listing
     ("endpoints",),  # endpoint state machine, fleets, health checks, restart recovery
     ("check",),  # the container contract checker (a tool over the runtimes)
