@@ -264,6 +264,10 @@ class Worker:
                 asyncio.get_running_loop().create_task(self._watch_abort())
                 self._send(("ack", message[1]))
                 return float(message[2])
+            if kind in ("table", "available"):
+                # Before the ack: the router drains what left the table by these counts, so
+                # they must be as of this change, not of the last periodic report.
+                self._send_report(forced=True)
             if kind != "abort":
                 self._send(("ack", message[1]))
 

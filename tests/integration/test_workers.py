@@ -171,6 +171,25 @@ async def test_every_routing_change_reaches_every_worker(config_factory: Any) ->
         ), deleted[0]
 
 
+async def test_an_update_drains_the_requests_in_flight_in_every_worker(
+    config_factory: Any,
+) -> None:
+    async with Router(_with_workers(config_factory(), 2)) as router:
+        port = router.runtime_port
+        endpoint = await deploy(router, direct_model("old", ["a"]), name="busy")
+        slow = [
+            asyncio.ensure_future(_post(port, endpoint, "a", "action=sleep:1.5"))
+            for _ in range(CONNECTIONS // 4)
+        ]
+        await asyncio.sleep(0.5)  # they are in the container now, spread over both workers
+        router.create_model(direct_model("new", ["a"]))
+        router.create_endpoint_config(endpoint_config("busy-2", "new"))
+        await router.update_endpoint({"EndpointName": endpoint, "EndpointConfigName": "busy-2"})
+        answers = await asyncio.gather(*slow)
+        assert {status for status, _, _ in answers} == {200}, [a[2] for a in answers]
+        assert len(_serving_workers([h for _, h, _ in answers])) == 2
+
+
 async def test_a_killed_worker_is_replaced_and_the_others_keep_serving(
     config_factory: Any,
 ) -> None:
