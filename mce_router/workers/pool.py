@@ -101,6 +101,7 @@ class WorkerPool:
                 await self._spawn(index)
         except BaseException:
             await self._kill_all()
+            self._reservation.close()
             raise
         self._supervisors = [
             asyncio.get_running_loop().create_task(
