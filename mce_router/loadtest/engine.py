@@ -8,8 +8,9 @@ busy waits in a queue and is still timed from its *scheduled* send time, so a st
 system under test shows in the percentiles instead of silently slowing the generator down
 (no coordinated omission).
 
-The hot path only appends integers to arrays; once a second a tick folds them into HDR
-histograms (``hdrhistogram``), checks request timeouts, and reports a snapshot.
+The hot path only appends integers to arrays; every 0.1 s they are folded into HDR histograms
+(``hdrhistogram``) a few hundred values at a time between turns of the loop, and once a second
+a tick checks request timeouts and reports a snapshot.
 """
 
 from __future__ import annotations
@@ -464,7 +465,7 @@ class Engine:
     async def run(self, phases: list[Phase], start_at: float | None = None) -> WorkerResult:
         self.recorders = []
         # The interpreter's objects so far (imports, config, plan) go to the permanent
-        # generation: a full collection otherwise walks them all, a ~20 ms pause of the loop
+        # generation: a full collection otherwise walks them all (~20 ms here), a pause
         # mid-run; the run's own objects are still collected.
         gc.collect()
         gc.freeze()
