@@ -5,7 +5,9 @@ arithmetic."""
 from __future__ import annotations
 
 import collections
+import random
 import re
+from array import array
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,15 @@ from mce_router import cli
 from mce_router.loadtest import LoadTestError, config_from_document, read_document
 from mce_router.loadtest.autoscale import analyse
 from mce_router.loadtest.config import parse_mix
-from mce_router.loadtest.engine import PLAN_LENGTH, error_code, plan
+from mce_router.loadtest.engine import (
+    HIST_LOWEST_US,
+    PLAN_LENGTH,
+    error_code,
+    fold,
+    new_histogram,
+    new_second_histogram,
+    plan,
+)
 from mce_router.loadtest.routermetrics import bucket_percentile
 
 
@@ -168,6 +178,23 @@ def test_the_target_sequence_keeps_weights_exactly_and_random_is_seeded(
     assert plan(seeded, 0) != plan(parse_mix({**document, "pick": "random"}, tmp_path), 0)
     share = collections.Counter(t for t, _ in plan(seeded, 0))[0] / PLAN_LENGTH
     assert share == pytest.approx(0.75, abs=0.03)
+
+
+def test_the_inlined_fold_records_what_hdrh_records() -> None:
+    """The hot path's fold does hdrh's bucket arithmetic itself: same counters, count, min
+    and max (so the same encoding) as record_value, out-of-range values clamped."""
+    rng = random.Random(7)
+    values = [0, -3, 1, 2, 10**13] + [int(10 ** rng.uniform(0, 10)) for _ in range(20_000)]
+    for make in (new_histogram, new_second_histogram):
+        fast, reference = make(), make()
+        fold(array("q", values), fast)
+        highest = reference.highest_trackable_value
+        for value, count in collections.Counter(values).items():
+            reference.record_value(min(max(value, HIST_LOWEST_US), highest), count)
+        assert list(fast.counts) == list(reference.counts)
+        assert fast.get_total_count() == reference.get_total_count() == len(values)
+        assert (fast.min_value, fast.max_value) == (reference.min_value, reference.max_value)
+        assert fast.encode() == reference.encode()
 
 
 def test_error_codes_come_from_the_header_or_the_body() -> None:
