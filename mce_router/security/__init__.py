@@ -81,6 +81,10 @@ __all__ = [
 ]
 
 
+#: Bound on :meth:`Guard.authorize_invoke`'s decision cache (cleared whole when full).
+INVOKE_DECISION_CACHE_SIZE = 4096
+
+
 class Guard:
     """Authentication and authorization for one router config, with auditing."""
 
@@ -108,6 +112,10 @@ class Guard:
             AUTOSCALING_SERVICE: _verifier(config, AUTOSCALING_SERVICE, clock),
         }
         self.audit = audit or AuditLog(config.audit)
+        #: (policy set, endpoint name, target) -> (request, decision); see authorize_invoke.
+        self._invoke_decisions: dict[
+            tuple[PolicySet, str, str | None], tuple[AuthzRequest, Decision]
+        ] = {}
 
     @classmethod
     def from_config(cls, config: AuthConfig, **kwargs: Any) -> Guard | None:
@@ -159,11 +167,27 @@ class Guard:
         self, credential: Credential, endpoint_name: str, target_container: str | None
     ) -> Decision:
         """``sagemaker:InvokeEndpoint`` on the endpoint (either invocation path);
-        ``target_container`` is the header's value, None when the header is absent."""
-        return self.authorize(
-            credential,
-            invoke_request(self.region, self.account_id, endpoint_name, target_container),
-        )
+        ``target_container`` is the header's value, None when the header is absent.
+
+        The request and its decision are pure functions of the credential's (immutable) policy
+        set, this Guard's region and account, the endpoint name and the target: the only
+        condition key an invocation's context has is the target (policy conditions test
+        nothing else: no time, no source address), so they are cached per those inputs, in a
+        bounded dict. Audit still records every request."""
+        key = (credential.policy_set, endpoint_name, target_container)
+        cached = self._invoke_decisions.get(key)
+        if cached is None:
+            request = invoke_request(self.region, self.account_id, endpoint_name, target_container)
+            cached = (request, credential.policy_set.evaluate(request))
+            if len(self._invoke_decisions) >= INVOKE_DECISION_CACHE_SIZE:
+                self._invoke_decisions.clear()
+            self._invoke_decisions[key] = cached
+        request, decision = cached
+        if self.audit.enabled:
+            self.audit.record(credential.principal, credential.access_key_id, request, decision)
+        if decision.kind != "allow":
+            raise AccessDenied(access_denied_message(credential.principal, request, decision))
+        return decision
 
     def authorize_operation(
         self,

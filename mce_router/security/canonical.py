@@ -76,7 +76,12 @@ def canonical_query(raw_query: bytes) -> bytes:
 
 
 def headers_by_name(headers: Headers) -> dict[bytes, list[bytes]]:
-    by_name: dict[bytes, list[bytes]] = {}
+    # One comprehension (run in C) for the usual head without repeated names; a repeated name
+    # makes the result smaller than the list, and the loop below keeps every value in order.
+    by_name = {name.lower(): [value] for name, value in headers}
+    if len(by_name) == len(headers):
+        return by_name
+    by_name = {}
     for name, value in headers:
         lower = name.lower()
         values = by_name.get(lower)

@@ -75,6 +75,7 @@ _MISMATCH: Final = (
 )
 _INVALID_TOKEN: Final = "The security token included in the request is invalid."
 _AMZ_DATE: Final = re.compile(rb"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
+_ALGORITHM_BYTES: Final = ALGORITHM.encode()
 _PRESIGNED_MARKERS: Final = (b"X-Amz-Signature=", b"X-Amz-Credential=", b"X-Amz-Algorithm=")
 
 
@@ -148,31 +149,27 @@ class _SignedHeaderList:
         self.name_set = frozenset(name for name, _ in self.prefixes)
 
 
-class _ParsedAuthorization:
-    __slots__ = (
-        "access_key_id",
-        "region",
-        "scope",
-        "scope_date",
-        "service",
-        "signature",
-        "signed",
-        "terminator",
-    )
+class _CredentialScope:
+    """The Credential field of an Authorization header: access key and scope, decoded once."""
 
-    def __init__(
-        self,
-        access_key_id: str,
-        scope_parts: Sequence[bytes],
-        signed: _SignedHeaderList,
-        signature: bytes,
-    ) -> None:
+    __slots__ = ("access_key_id", "region", "scope", "scope_date", "service", "terminator")
+
+    def __init__(self, access_key_id: str, scope_parts: Sequence[bytes]) -> None:
         self.access_key_id = access_key_id
         self.scope = b"/".join(scope_parts)  # date/region/service/aws4_request
         self.scope_date = scope_parts[0].decode("latin-1")
         self.region = scope_parts[1].decode("latin-1")
         self.service = scope_parts[2].decode("latin-1")
         self.terminator = scope_parts[3].decode("latin-1")
+
+
+class _ParsedAuthorization:
+    __slots__ = ("credential", "signature", "signed")
+
+    def __init__(
+        self, credential: _CredentialScope, signed: _SignedHeaderList, signature: bytes
+    ) -> None:
+        self.credential = credential
         self.signed = signed
         self.signature = signature
 
@@ -274,6 +271,7 @@ class SigV4Verifier:
         self._signing_keys: dict[tuple[str, str], bytes] = {}
         self._seen_signatures: dict[bytes, float] = {}
         self._signed_lists: dict[bytes, _SignedHeaderList] = {}
+        self._scopes: dict[bytes, _CredentialScope] = {}
         self._last_date: tuple[bytes, float] = (b"", 0.0)
 
     @property
@@ -310,15 +308,23 @@ class SigV4Verifier:
         by_name = headers_by_name(headers)
         auth = self._parse_authorization(by_name, raw_query)
         date_value, request_time = self._request_date(by_name)
-        self._check_scope(auth, date_value)
+        self._check_scope(auth.credential, date_value)
         self._check_skew(date_value, request_time)
         self._check_signed_headers(auth, by_name)
-        credential = self._credential(auth.access_key_id, by_name)
+        credential = self._credential(auth.credential.access_key_id, by_name)
         if self.reject_replays:
             self._check_replay(auth.signature)
 
+        # canonical_header_value inlined for the usual single value: a call per header costs
+        # more than the whitespace collapsing itself.
         lines = [
-            prefix + canonical_header_value(by_name[name]) for name, prefix in auth.signed.prefixes
+            prefix
+            + (
+                b" ".join(values[0].split())
+                if len(values := by_name[name]) == 1
+                else canonical_header_value(values)
+            )
+            for name, prefix in auth.signed.prefixes
         ]
         canonical_head = b"\n".join(
             [
@@ -330,13 +336,13 @@ class SigV4Verifier:
                 b"",
             ]
         )
-        scope_line = b"\n".join([ALGORITHM.encode(), date_value, auth.scope, b""])
+        scope_line = b"\n".join([_ALGORITHM_BYTES, date_value, auth.credential.scope, b""])
         return PendingSignature(
             self,
             credential,
             canonical_head,
             scope_line,
-            self._signing_key(credential, auth.scope_date),
+            self._signing_key(credential, auth.credential.scope_date),
             auth.signature,
             request_time + self.max_skew_seconds,
         )
@@ -358,12 +364,15 @@ class SigV4Verifier:
             raise _incomplete("The request has more than one Authorization header.")
         fast = _AUTHORIZATION_FAST.fullmatch(values[0])
         if fast is not None:
-            return _ParsedAuthorization(
-                fast[1].decode("latin-1"),
-                (fast[2], fast[3], fast[4], fast[5]),
-                self._signed_header_list(fast[6]),
-                fast[7],
-            )
+            # The credential field changes per key and day only: its decoded parts are kept.
+            raw_credential = values[0][fast.start(1) : fast.end(5)]
+            scope = self._scopes.get(raw_credential)
+            if scope is None:
+                scope = _CredentialScope(fast[1].decode("latin-1"), fast.group(2, 3, 4, 5))
+                if len(self._scopes) >= 256:  # bounded: a handful of keys and days
+                    self._scopes.clear()
+                self._scopes[raw_credential] = scope
+            return _ParsedAuthorization(scope, self._signed_header_list(fast[6]), fast[7])
         header = values[0].decode("latin-1").strip()
         algorithm, _, rest = header.partition(" ")
         if algorithm != ALGORITHM:
@@ -392,8 +401,7 @@ class SigV4Verifier:
                 f"{_shown(params['Credential'])!r}."
             )
         return _ParsedAuthorization(
-            scope_parts[0],
-            [part.encode("latin-1") for part in scope_parts[1:]],
+            _CredentialScope(scope_parts[0], [part.encode("latin-1") for part in scope_parts[1:]]),
             self._signed_header_list(params["SignedHeaders"].encode("latin-1")),
             params["Signature"].encode("latin-1"),
         )
@@ -437,7 +445,7 @@ class SigV4Verifier:
         self._last_date = (value, float(parsed))
         return value, float(parsed)
 
-    def _check_scope(self, auth: _ParsedAuthorization, date_value: bytes) -> None:
+    def _check_scope(self, auth: _CredentialScope, date_value: bytes) -> None:
         day = date_value[:8].decode("ascii")
         if auth.scope_date != day:
             raise _fail(
@@ -466,6 +474,8 @@ class SigV4Verifier:
 
     def _check_skew(self, date_value: bytes, request_time: float) -> None:
         now = self._clock()
+        if now - self.max_skew_seconds <= request_time <= now + self.max_skew_seconds:
+            return
         minutes = f"{self.max_skew_seconds / 60:g} min."
         shown = date_value.decode("ascii")
         if request_time < now - self.max_skew_seconds:

@@ -813,3 +813,54 @@ def test_audit_is_silent_when_disabled_or_when_the_logger_is_off(
     caplog.set_level(logging.WARNING, logger="mce_router.audit")
     AuditLog(True).record("p", "k", request("x"), Decision("allow"))
     assert audit_lines(caplog) == []
+
+
+def test_invoke_decision_cache_keys_on_policies_endpoint_and_target(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    only_endpoint_a = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": INVOKE,
+                "Resource": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/a",
+            },
+            {
+                "Effect": "Deny",
+                "Action": INVOKE,
+                "Resource": "*",
+                "Condition": {"StringEquals": {TARGET_CONTAINER_KEY: "secret"}},
+            },
+        ],
+    }
+    guard, alice = guard_for(only_endpoint_a)
+    caplog.set_level(logging.INFO, logger="mce_router.audit")
+    for _ in range(2):  # the second round is answered from the cache, identically
+        assert guard.authorize_invoke(alice, "a", "open").allowed
+        assert guard.authorize_invoke(alice, "a", None).allowed
+        with pytest.raises(AccessDenied, match="explicit deny"):
+            guard.authorize_invoke(alice, "a", "secret")  # Deny for one target still denies
+        with pytest.raises(AccessDenied, match="endpoint/b because no identity"):
+            guard.authorize_invoke(alice, "b", "open")  # Allow for a does not leak to b
+    # Another credential's policies are another key, even for the same endpoint and target.
+    other = Credential("AKIDOTHER", "s", "arn:aws:iam::123456789012:user/bob")
+    with pytest.raises(AccessDenied, match="user/bob"):
+        guard.authorize_invoke(other, "a", "open")
+    # Every request is audited, cached decision or not.
+    assert [line["decision"] for line in audit_lines(caplog)] == [
+        "allow",
+        "allow",
+        "explicit-deny",
+        "implicit-deny",
+    ] * 2 + ["implicit-deny"]
+
+
+def test_invoke_decision_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mce_router.security as security
+
+    monkeypatch.setattr(security, "INVOKE_DECISION_CACHE_SIZE", 8)
+    guard, alice = guard_for(SEED_DENY_SPECIAL, audit=False)
+    for index in range(50):
+        guard.authorize_invoke(alice, "endpoint_name", f"customIps{index}")
+        assert len(guard._invoke_decisions) <= 8
