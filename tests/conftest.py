@@ -400,3 +400,31 @@ def labels(endpoint: str, container: str | None = None) -> tuple[tuple[str, str]
     if container is not None:
         pairs["container_name"] = container
     return tuple(sorted(pairs.items()))
+
+
+def write_test_pki(folder: Path) -> dict[str, Path]:
+    """A test CA (trustme) and a server certificate for 127.0.0.1 and localhost, as PEM files:
+    ``ca``, ``cert`` (the chain), ``key``."""
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {name: folder / f"{name}.pem" for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    for index, blob in enumerate(server.cert_chain_pems):
+        blob.write_to_path(str(paths["cert"]), append=index > 0)
+    server.private_key_pem.write_to_path(str(paths["key"]))
+    return paths
+
+
+def tls_client(service: str, url: str, ca: Path) -> Any:
+    """Plain boto3 (no retries); only ``verify`` points it at the test CA."""
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        verify=str(ca),
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )

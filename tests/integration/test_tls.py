@@ -8,12 +8,8 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
-import trustme
-from botocore.config import Config
 from conftest import (
     FAULT_IMAGE,
     call,
@@ -22,6 +18,8 @@ from conftest import (
     invoke,
     make_config,
     running_router,
+    tls_client,
+    write_test_pki,
 )
 
 from mce_router.config import Listener, RouterConfig
@@ -30,15 +28,7 @@ from mce_router.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    paths = {name: folder / f"{name}.pem" for name in ("ca", "cert", "key")}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    for index, blob in enumerate(server.cert_chain_pems):
-        blob.write_to_path(str(paths["cert"]), append=index > 0)
-    server.private_key_pem.write_to_path(str(paths["key"]))
-    return paths
+    return write_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _tls_config(tmp_path: Path, pki: dict[str, Path], **listen: str) -> RouterConfig:
@@ -54,30 +44,17 @@ def _tls_config(tmp_path: Path, pki: dict[str, Path], **listen: str) -> RouterCo
     )
 
 
-def _tls_client(service: str, url: str, ca: Path) -> Any:
-    """Plain boto3; only ``verify`` points it at the test CA."""
-    return boto3.client(
-        service,
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="AKIDEXAMPLE",
-        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-        verify=str(ca),
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
-    )
-
-
 async def test_boto3_over_https_on_both_listeners(tmp_path: Path, pki: dict[str, Path]) -> None:
     async with running_router(_tls_config(tmp_path, pki)) as router:
         assert router.runtime_url.startswith("https://")
         assert router.admin_url.startswith("https://")
         endpoint = await deploy(router, direct_model("tls-direct", ["a"], FAULT_IMAGE))
-        runtime = _tls_client("sagemaker-runtime", router.runtime_url, pki["ca"])
+        runtime = tls_client("sagemaker-runtime", router.runtime_url, pki["ca"])
         answer = await invoke(
             runtime, EndpointName=endpoint, TargetContainerHostname="a", Body=b"over tls"
         )
         assert answer["Body"] == b"over tls"
-        control = _tls_client("sagemaker", router.admin_url, pki["ca"])
+        control = tls_client("sagemaker", router.admin_url, pki["ca"])
         listed = await call(control.list_endpoints)
         assert [e["EndpointName"] for e in listed["Endpoints"]] == [endpoint]
 

@@ -14,11 +14,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import boto3
 import orjson
 import psutil
 import pytest
-import trustme
 from conftest import (
     call_raising,
     child_processes,
@@ -32,7 +30,9 @@ from conftest import (
     make_config,
     prometheus_samples,
     runtime_client,
+    tls_client,
     wait_until,
+    write_test_pki,
 )
 
 from mce_router import Router
@@ -318,13 +318,7 @@ def test_workers_setting(tmp_path: Any) -> None:
 async def test_tls_and_response_streams_in_the_workers(tmp_path: Path) -> None:
     """A worker serves TLS and InvokeEndpointWithResponseStream as one process does, and its
     stream counts reach the exported metrics."""
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    for index, blob in enumerate(server.cert_chain_pems):
-        blob.write_to_path(str(paths["cert"]), append=index > 0)
-    server.private_key_pem.write_to_path(str(paths["key"]))
+    paths = write_test_pki(tmp_path)
     stream_image = "test/stream:latest"
     config = make_config(
         tmp_path / "state",
@@ -347,14 +341,7 @@ async def test_tls_and_response_streams_in_the_workers(tmp_path: Path) -> None:
             "Containers": [{"ContainerHostname": "alpha", "Image": stream_image}],
         }
         endpoint = await deploy(router, model)
-        client = boto3.client(
-            "sagemaker-runtime",
-            endpoint_url=router.runtime_url,
-            region_name="us-east-1",
-            aws_access_key_id="AKIDEXAMPLE",
-            aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-            verify=str(paths["ca"]),
-        )
+        client = tls_client("sagemaker-runtime", router.runtime_url, paths["ca"])
 
         def read_stream() -> bytes:
             response = client.invoke_endpoint_with_response_stream(
