@@ -32,6 +32,8 @@ from benchlib.stack import (
     start_router,
 )
 
+from mce_router.config import usable_cpus
+
 CONNECTIONS = 64
 WRK_THREADS = 2
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--workers", type=int, default=usable_cpus())
     args = parser.parse_args(argv)
     rounds, seconds = (1, 2) if args.quick else (args.rounds, args.seconds)
     many = max(2, args.workers)
@@ -107,7 +109,7 @@ def _summarize(runs: list[dict[str, Any]], many: int, rounds: int, seconds: int)
     }
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": usable_cpus(),
         "workers": many,
         "rounds": rounds,
         "seconds": seconds,

@@ -203,7 +203,9 @@ class WorkerTables:
 
 
 class Worker:
-    def __init__(self, spec: WorkerSpec, reader: asyncio.StreamReader, writer: Any) -> None:
+    def __init__(
+        self, spec: WorkerSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.spec = spec
         self._reader = reader
         self._writer = writer
