@@ -402,8 +402,19 @@ async def _invocation(
     peak = max(idle.peak_rss, busy.peak_rss)
     done(
         "resources",
-        peak <= instance.memory_bytes and busy.cpu_percent <= instance.vcpu * 100,
-        f"{resources}; during the request {busy.cpu_percent:.1f} % CPU, peak {_mib(peak)}",
+        peak <= instance.memory_bytes and busy.cpu_percent_floor <= instance.vcpu * 100,
+        f"{resources}; during the request {busy.cpu_percent:.1f} % CPU"
+        f"{_tick_caveat(busy)}, peak {_mib(peak)}",
+    )
+
+
+def _tick_caveat(busy: probes.CpuAndMemoryDuring) -> str:
+    """Says when a short request's CPU share is mostly the kernel's tick rounding."""
+    if busy.cpu_percent - busy.cpu_percent_floor < 10.0:
+        return ""
+    return (
+        f" (at least {busy.cpu_percent_floor:.1f} %: CPU time is counted in "
+        f"{probes.CPU_TICK_SECONDS * 1000:.0f} ms ticks)"
     )
 
 
