@@ -77,6 +77,11 @@ _INVALID_TOKEN: Final = "The security token included in the request is invalid."
 _AMZ_DATE: Final = re.compile(rb"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
 _ALGORITHM_BYTES: Final = ALGORITHM.encode()
 _PRESIGNED_MARKERS: Final = (b"X-Amz-Signature=", b"X-Amz-Credential=", b"X-Amz-Algorithm=")
+_SIGNATURE_FIELD: Final = b"Signature="
+_LOWER_HEX: Final = b"0123456789abcdef"
+#: Bounds of the per-verifier caches of what repeats across a client's requests.
+_KNOWN_HEADS_LIMIT: Final = 256
+_CANONICAL_URIS_LIMIT: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +277,10 @@ class SigV4Verifier:
         self._seen_signatures: dict[bytes, float] = {}
         self._signed_lists: dict[bytes, _SignedHeaderList] = {}
         self._scopes: dict[bytes, _CredentialScope] = {}
+        #: Authorization values up to ``Signature=`` that matched the fast pattern, with what
+        #: they decoded to: a client repeats its head for every request of a day.
+        self._known_heads: dict[bytes, tuple[_CredentialScope, _SignedHeaderList]] = {}
+        self._canonical_uris: dict[bytes, bytes] = {}
         self._last_date: tuple[bytes, float] = (b"", 0.0)
 
     @property
@@ -329,7 +338,7 @@ class SigV4Verifier:
         canonical_head = b"\n".join(
             [
                 method_bytes(method),
-                canonical_uri(raw_path),
+                self._canonical_uri(raw_path),
                 canonical_query(raw_query),
                 b"\n".join(lines) + b"\n",
                 auth.signed.raw,
@@ -347,6 +356,16 @@ class SigV4Verifier:
             request_time + self.max_skew_seconds,
         )
 
+    def _canonical_uri(self, raw_path: bytes) -> bytes:
+        # A pure function of the path, and an endpoint's clients send a handful of paths.
+        uri = self._canonical_uris.get(raw_path)
+        if uri is None:
+            uri = canonical_uri(raw_path)
+            if len(self._canonical_uris) >= _CANONICAL_URIS_LIMIT:
+                self._canonical_uris.clear()
+            self._canonical_uris[raw_path] = uri
+        return uri
+
     # -- checks ---------------------------------------------------------------------------------
 
     def _parse_authorization(
@@ -362,17 +381,31 @@ class SigV4Verifier:
             raise _fail("MissingAuthenticationTokenException", "Missing Authentication Token")
         if len(values) > 1:
             raise _incomplete("The request has more than one Authorization header.")
-        fast = _AUTHORIZATION_FAST.fullmatch(values[0])
+        value = values[0]
+        # A head seen before (it matched the fast pattern) followed by exactly 64 lower-case
+        # hex digits is what the pattern would match again, to the same groups: the last
+        # "Signature=" is the head's own, since hex digits cannot contain one.
+        cut = value.rfind(_SIGNATURE_FIELD) + len(_SIGNATURE_FIELD)
+        known = self._known_heads.get(value[:cut])
+        if known is not None:
+            signature = value[cut:]
+            if len(signature) == 64 and not signature.translate(None, _LOWER_HEX):
+                return _ParsedAuthorization(known[0], known[1], signature)
+        fast = _AUTHORIZATION_FAST.fullmatch(value)
         if fast is not None:
             # The credential field changes per key and day only: its decoded parts are kept.
-            raw_credential = values[0][fast.start(1) : fast.end(5)]
+            raw_credential = value[fast.start(1) : fast.end(5)]
             scope = self._scopes.get(raw_credential)
             if scope is None:
                 scope = _CredentialScope(fast[1].decode("latin-1"), fast.group(2, 3, 4, 5))
                 if len(self._scopes) >= 256:  # bounded: a handful of keys and days
                     self._scopes.clear()
                 self._scopes[raw_credential] = scope
-            return _ParsedAuthorization(scope, self._signed_header_list(fast[6]), fast[7])
+            signed = self._signed_header_list(fast[6])
+            if len(self._known_heads) >= _KNOWN_HEADS_LIMIT:
+                self._known_heads.clear()
+            self._known_heads[value[: fast.start(7)]] = (scope, signed)
+            return _ParsedAuthorization(scope, signed, fast[7])
         header = values[0].decode("latin-1").strip()
         algorithm, _, rest = header.partition(" ")
         if algorithm != ALGORITHM:

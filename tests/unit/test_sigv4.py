@@ -271,6 +271,43 @@ def test_authorization_parameters_in_any_order_and_spacing_verify(invocation: Ra
     assert verify(invocation.with_authorization(reorder)).access_key_id == KEY
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda sig: sig,
+        lambda sig: sig + " ",  # trailing space: the pattern allows it
+        lambda sig: sig.upper(),
+        lambda sig: sig[:-1],
+        lambda sig: sig + "0",
+        lambda sig: sig[:-1] + ("0" if sig[-1] != "0" else "1"),
+        lambda sig: sig[:-1] + "g",
+        lambda sig: sig + ", Signature=" + sig,
+    ],
+    ids=["same", "trailing-space", "upper", "short", "long", "changed", "not-hex", "twice"],
+)
+def test_a_verifier_that_saw_the_header_before_decides_as_a_fresh_one(
+    invocation: RawRequest, edit: Callable[[str], str]
+) -> None:
+    """The verifier keeps the decoded head of an Authorization value (all up to ``Signature=``)
+    for the next request: whatever follows it must be judged exactly as without that memory."""
+
+    def signature_edited(auth: str) -> str:
+        head, _, signature = auth.rpartition("Signature=")
+        return head + "Signature=" + edit(signature)
+
+    edited = invocation.with_authorization(signature_edited)
+
+    def outcome(v: SigV4Verifier) -> str:
+        try:
+            return verify(edited, v).access_key_id
+        except AuthenticationError as error:
+            return f"{error.code}: {error.message}"
+
+    warm = verifier()
+    verify(invocation, warm)  # the head is now known
+    assert outcome(warm) == outcome(verifier())
+
+
 def test_unknown_access_key_is_unrecognized(invocation: RawRequest) -> None:
     error = refused(invocation, verifier([Credential("AKIDOTHER", SECRET, PRINCIPAL)]))
     assert error.code == "UnrecognizedClientException"
