@@ -381,20 +381,20 @@ class SigV4Verifier:
             raise _fail("MissingAuthenticationTokenException", "Missing Authentication Token")
         if len(values) > 1:
             raise _incomplete("The request has more than one Authorization header.")
-        value = values[0]
+        raw = values[0]
         # A head seen before (it matched the fast pattern) followed by exactly 64 lower-case
         # hex digits is what the pattern would match again, to the same groups: the last
         # "Signature=" is the head's own, since hex digits cannot contain one.
-        cut = value.rfind(_SIGNATURE_FIELD) + len(_SIGNATURE_FIELD)
-        known = self._known_heads.get(value[:cut])
+        cut = raw.rfind(_SIGNATURE_FIELD) + len(_SIGNATURE_FIELD)
+        known = self._known_heads.get(raw[:cut])
         if known is not None:
-            signature = value[cut:]
+            signature = raw[cut:]
             if len(signature) == 64 and not signature.translate(None, _LOWER_HEX):
                 return _ParsedAuthorization(known[0], known[1], signature)
-        fast = _AUTHORIZATION_FAST.fullmatch(value)
+        fast = _AUTHORIZATION_FAST.fullmatch(raw)
         if fast is not None:
             # The credential field changes per key and day only: its decoded parts are kept.
-            raw_credential = value[fast.start(1) : fast.end(5)]
+            raw_credential = raw[fast.start(1) : fast.end(5)]
             scope = self._scopes.get(raw_credential)
             if scope is None:
                 scope = _CredentialScope(fast[1].decode("latin-1"), fast.group(2, 3, 4, 5))
@@ -404,9 +404,9 @@ class SigV4Verifier:
             signed = self._signed_header_list(fast[6])
             if len(self._known_heads) >= _KNOWN_HEADS_LIMIT:
                 self._known_heads.clear()
-            self._known_heads[value[: fast.start(7)]] = (scope, signed)
+            self._known_heads[raw[: fast.start(7)]] = (scope, signed)
             return _ParsedAuthorization(scope, signed, fast[7])
-        header = values[0].decode("latin-1").strip()
+        header = raw.decode("latin-1").strip()
         algorithm, _, rest = header.partition(" ")
         if algorithm != ALGORITHM:
             raise _incomplete(
