@@ -303,6 +303,19 @@ async def container_stats(router: Router, endpoint: str, hostname: str) -> dict[
     return stats
 
 
+async def until_invoked(
+    router: Router, endpoint: str, hostname: str, count: int, timeout: float = 10.0
+) -> None:
+    """Wait until the fault container has received ``count`` invocations in all (it counts one
+    as it arrives, before acting on it): "the request reached the container" without a guess
+    at how long that takes on a loaded machine."""
+
+    async def arrived() -> bool:
+        return (await container_stats(router, endpoint, hostname))["invocations"] >= count
+
+    await wait_until(arrived, timeout, f"{count} invocation(s) to reach {hostname!r}", 0.02)
+
+
 async def wait_until(
     check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
 ) -> None:

@@ -7,7 +7,9 @@ invocations do, so the router's health checks never restart it mid-test. Knobs (
 
 ``PACED_MAX_RPS=K``
     Invocations are served one at a time, each taking 1/K s (asleep, not burning CPU): the
-    container serves at most K requests per second; more queue up.
+    container serves at most K requests per second; more queue up. Each one's end is set on
+    an absolute timeline (the previous end plus 1/K, or now plus 1/K when idle), so timer
+    overshoot on a loaded machine delays answers but does not lower the capacity below K.
 ``PACED_STALL_AFTER=S`` and ``PACED_STALL_SECONDS=D``
     S seconds after the first invocation, every invocation waits until the stall window
     [S, S+D] is over: a container that stops answering for D seconds mid-run.
@@ -28,12 +30,13 @@ STALL_AFTER = float(os.environ.get("PACED_STALL_AFTER", "-1"))
 STALL_SECONDS = float(os.environ.get("PACED_STALL_SECONDS", "0"))
 CPU_MS = float(os.environ.get("PACED_CPU_MS", "0"))
 
-_lock = asyncio.Lock()
 _first: float | None = None
+#: When the invocation served last ends (monotonic seconds): the next one starts there.
+_busy_until = 0.0
 
 
 async def _invoke(body: bytes) -> bytes:
-    global _first
+    global _first, _busy_until
     now = time.monotonic()
     if _first is None:
         _first = now
@@ -47,8 +50,8 @@ async def _invoke(body: bytes) -> bytes:
         while time.process_time() < deadline:
             pass
     if MAX_RPS > 0:
-        async with _lock:
-            await asyncio.sleep(1.0 / MAX_RPS)
+        ends = _busy_until = max(time.monotonic(), _busy_until) + 1.0 / MAX_RPS
+        await asyncio.sleep(max(ends - time.monotonic(), 0.0))
     return body
 
 

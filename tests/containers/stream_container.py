@@ -30,8 +30,8 @@ on ``;`` (default ``action=stream``; ``STREAM_DEFAULT_ACTION`` overrides the def
     ``parts`` chunks of ``size`` bytes as fast as the socket takes them (backpressure tests).
 
 ``GET /ping`` answers 200; ``GET /stats`` returns JSON ``{"connections", "active",
-"invocations", "finished", "aborted"}`` (accepted sockets, open sockets, requests, streams sent
-to their end, streams whose connection broke while writing).
+"invocations", "finished", "aborted", "pings"}`` (accepted sockets, open sockets, requests,
+streams sent to their end, streams whose connection broke while writing, pings answered).
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ import signal
 import sys
 
 HOST = "127.0.0.1"
-STATS = {"connections": 0, "active": 0, "invocations": 0, "finished": 0, "aborted": 0}
+STATS = {
+    "connections": 0, "active": 0, "invocations": 0, "finished": 0, "aborted": 0, "pings": 0,
+}  # fmt: skip
 
 
 def _attributes(value: str) -> dict[str, str]:
@@ -178,6 +180,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 return
             method, path, headers, body = request
             if path == "/ping":
+                STATS["pings"] += 1
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             elif path == "/stats":
                 data = json.dumps(STATS).encode()

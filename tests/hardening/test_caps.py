@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import deploy, direct_model, running_router
+from conftest import deploy, direct_model, running_router, until_invoked
 from hardening_support import connection, exchange, hardening_config, request
 
 from mce_router.config import Limits
@@ -51,7 +51,7 @@ async def test_a_request_queued_behind_a_busy_container_gets_429_at_the_queue_wa
                 request("queued", "X-Amzn-SageMaker-Custom-Attributes: action=sleep:2"),
             )
         )
-        await asyncio.sleep(0.2)  # the slow call holds the only connection
+        await until_invoked(router, "queued", "a", 1)  # it holds the only connection
         started = time.monotonic()
         response, _ = await exchange(port, request("queued", body=b"waiting"))
         waited = time.monotonic() - started

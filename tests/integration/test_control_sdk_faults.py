@@ -203,7 +203,8 @@ async def test_endpoint_deleted_waiter_succeeds_within_the_drain_time(config_fac
                 WaiterConfig={"Delay": delay, "MaxAttempts": int((drain + 1.5) / delay)},
             )
             elapsed = time.monotonic() - started
-            assert elapsed < (drain + 1.5 if hang else 1.0), (name, elapsed)
+            # Idle: gone without waiting out the drain time (a loaded machine may take a second).
+            assert elapsed < (drain + 1.5 if hang else drain * 0.95), (name, elapsed)
             if hanging is not None:
                 # Cut off when its container stopped, with an error naming it.
                 with pytest.raises(ClientError, match="from a with message"):

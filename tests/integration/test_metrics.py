@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import sys
 import time
 import urllib.request
@@ -11,6 +12,7 @@ from typing import Any
 
 import boto3
 import orjson
+import psutil
 import pytest
 from botocore.validate import validate_parameters
 from conftest import (
@@ -268,7 +270,9 @@ async def test_busy_container_reads_high_cpu_and_idle_reads_near_zero(
         memory = samples[
             ("sagemaker_container_memory_utilization_percent", labels("usage", "idle"))
         ]
-        assert 0 < memory < 5
+        # a percentage of the host's memory: an idle stdlib container holds tens of MiB
+        idle_bytes = memory / 100 * psutil.virtual_memory().total
+        assert 0 < idle_bytes < 200 * 2**20, (memory, idle_bytes)
         datums = orjson.loads(
             await fetch(f"{router.admin_url}/metrics/cloudwatch?include_current=1")
         )["MetricData"]
@@ -309,10 +313,17 @@ async def test_latencies_add_up_to_the_time_the_router_held_requests(
         before_model = variant.latency_sum
         requests = 10
         client_seconds = 0.0
+        #: per request: what the client waited minus what the router says it held the request
+        unaccounted: list[float] = []
         for _ in range(requests):
+            held_before = sum(s.latency_sum + s.overhead_sum for s in stats)
             started = time.perf_counter()
             await invoke(client, EndpointName=serial, Body=b"z")
-            client_seconds += time.perf_counter() - started
+            waited = time.perf_counter() - started
+            client_seconds += waited
+            unaccounted.append(
+                waited - (sum(s.latency_sum + s.overhead_sum for s in stats) - held_before)
+            )
         container_latency = sum(s.latency_sum - b[0] for s, b in zip(stats, before, strict=True))
         overhead = sum(s.overhead_sum - b[1] for s, b in zip(stats, before, strict=True))
         held = container_latency + overhead
@@ -323,11 +334,13 @@ async def test_latencies_add_up_to_the_time_the_router_held_requests(
         assert stats[1].latency_sum - before[1][0] >= 0.03 * requests
         # The router held each request for less than the client waited for it ...
         assert held <= client_seconds
+        assert min(unaccounted) >= 0.0, unaccounted
         # ... and the difference is the client's own cost (boto3 request building, signing,
-        # parsing, two loopback hops): a few milliseconds per request even on a loaded CI
-        # machine, bounded here at 25 ms per request so that a router that under-reports the
-        # time it held requests (e.g. drops a stage or the response write) fails.
-        assert client_seconds - held < 0.025 * requests, (client_seconds, held)
+        # parsing, two loopback hops): a few milliseconds per request. The median is bounded at
+        # 25 ms so that a router that under-reports the time it held requests (e.g. drops a
+        # 20 ms stage or the response write) fails, while one stall of the test process (a GC
+        # pass, a busy CI machine) does not.
+        assert statistics.median(unaccounted) < 0.025, unaccounted
 
 
 async def test_metrics_can_be_turned_off(config_factory: Any) -> None:

@@ -14,6 +14,7 @@ from conftest import (
     free_port,
     http_get,
     multi_model,
+    until_invoked,
     wait_until,
 )
 
@@ -68,7 +69,7 @@ async def test_ready_only_when_declared_endpoints_serve_and_not_while_draining(
             b"X-Amzn-SageMaker-Custom-Attributes: action=sleep:2\r\nContent-Length: 0\r\n\r\n"
         )
         await writer.drain()
-        await asyncio.sleep(0.3)
+        await until_invoked(router, "slow", "a", 1)
         stopping = asyncio.ensure_future(router.stop(drain_seconds=10))
         await asyncio.sleep(0.3)
         assert not stopping.done()

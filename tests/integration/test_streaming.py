@@ -157,8 +157,8 @@ async def test_direct_stream_parts_in_order_with_headers(stream_config: Any) -> 
             # Written 50 ms apart: relayed as they came, not held for the whole body (one
             # event per read from the container, so a loaded machine may merge two).
             assert len(parts) >= 2, parts
-            # Keep-alive: streams reuse the pooled connection (new sockets: this probe, and a
-            # health ping at most, in the time five short streams take).
+            # Keep-alive: streams reuse the pooled connection (new sockets: this probe, and one
+            # per health ping, which opens its own).
             before = await _container_stats(router, endpoint, "alpha")
             for _ in range(5):
                 _, parts = await stream(
@@ -167,7 +167,8 @@ async def test_direct_stream_parts_in_order_with_headers(stream_config: Any) -> 
                 assert b"".join(parts) == b"part 0\npart 1\npart 2\n"
             after = await _container_stats(router, endpoint, "alpha")
             assert after["invocations"] == before["invocations"] + 5
-            assert after["connections"] - before["connections"] <= 2, (before, after)
+            pings = after["pings"] - before["pings"]
+            assert after["connections"] - before["connections"] <= 1 + pings, (before, after)
 
 
 async def test_first_part_arrives_while_container_still_generating(stream_config: Any) -> None:

@@ -31,6 +31,7 @@ from conftest import (
     prometheus_samples,
     runtime_client,
     tls_client,
+    until_invoked,
     wait_until,
     write_test_pki,
 )
@@ -243,7 +244,7 @@ async def test_stopping_drains_the_workers_and_leaves_no_process(config_factory:
         workers = _worker_pids(router)
         port = router.runtime_port
         slow = asyncio.ensure_future(_post(port, endpoint, "slow", "action=sleep:1"))
-        await asyncio.sleep(0.3)
+        await until_invoked(router, endpoint, "slow", 1)
     finally:
         await router.stop(drain_seconds=10)
     status, _, _ = await slow
