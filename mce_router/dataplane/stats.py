@@ -6,7 +6,9 @@ native field updates instead of an interpreted method.
 from __future__ import annotations
 
 import collections
+import json
 import math
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -45,11 +47,10 @@ class CallStats:
     """
 
     __slots__ = (
-        "count", "dimensions", "errors_4xx", "errors_5xx", "history", "latency_buckets",
-        "latency_sum", "m_4xx", "m_5xx", "m_count", "m_lat_max", "m_lat_min", "m_lat_sum",
-        "m_ovh_max", "m_ovh_min", "m_ovh_sum", "minute", "minute_end", "minute_end_perf",
-        "overhead_buckets",
-        "overhead_sum", "tee",
+        "count", "dimensions", "errors_4xx", "errors_5xx", "history", "journal",
+        "journal_kind", "journal_slot", "latency_buckets", "latency_sum", "m_4xx", "m_5xx",
+        "m_count", "m_lat_max", "m_lat_min", "m_lat_sum", "m_ovh_max", "m_ovh_min", "m_ovh_sum",
+        "minute", "minute_end", "minute_end_perf", "overhead_buckets", "overhead_sum", "tee",
     )  # fmt: skip
 
     def __init__(self, *dimensions: str) -> None:
@@ -70,6 +71,11 @@ class CallStats:
         #: Also records every call: a fleet's own stats passing each call on to the shared
         #: (endpoint, variant, container) ones, so that a rollout can watch one fleet alone.
         self.tee: CallStats | None = None
+        #: In a data-plane worker: every call also goes to the journal the router process can
+        #: read after the worker died (as ``journal_kind`` for ``journal_slot``).
+        self.journal: CallJournal | None = None
+        self.journal_kind = 0
+        self.journal_slot = 0
         self._reset_minute()
 
     def _reset_minute(self) -> None:
@@ -108,6 +114,8 @@ class CallStats:
             self.m_ovh_max = overhead
         if self.tee is not None:
             self.tee.record(status, latency, overhead, now)
+        if self.journal is not None:
+            self.journal.call(self.journal_kind, self.journal_slot, status, latency, overhead, now)
 
     def roll(self, now: float) -> None:
         """Start the minute of ``now`` (wall-clock seconds) if it is not the current one."""
@@ -227,9 +235,11 @@ class RouterAnswers:
     (ModelError). ``""`` where the endpoint or variant is not known. Errors only: nothing is
     recorded on the success path."""
 
-    __slots__ = ("_unknown", "minutes", "totals")
+    __slots__ = ("_unknown", "journal", "minutes", "totals")
 
     def __init__(self) -> None:
+        #: In a data-plane worker: see CallStats.journal.
+        self.journal: CallJournal | None = None
         self.totals: dict[tuple[str, str, int, str], int] = {}
         #: minute -> counts of that minute (wall clock), the last MINUTES_KEPT minutes.
         self.minutes: collections.OrderedDict[int, dict[tuple[str, str, int, str], int]] = (
@@ -239,6 +249,8 @@ class RouterAnswers:
 
     def record(self, endpoint: str, known: bool, variant: str, status: int, code: str) -> None:
         """``known``: ``endpoint`` names an endpoint of the routing table (not a client's guess)."""
+        if self.journal is not None:
+            self.journal.answer(endpoint, known, variant, status, code)
         if not known and endpoint and endpoint not in self._unknown:
             if len(self._unknown) >= MAX_UNKNOWN_ENDPOINTS:
                 endpoint = OTHER_ENDPOINTS
@@ -288,6 +300,104 @@ AnswersDelta = tuple[
     list[tuple[tuple[str, str, int, str], int]],
     list[tuple[int, list[tuple[tuple[str, str, int, str], int]]]],
 ]
+
+
+#: What a journal record counts: a container's call, a container's response stream, a Serial
+#: variant's call (its observers' ``journal_kind``), an error the router answered itself.
+JOURNAL_CALL: Final = 0
+JOURNAL_STREAM: Final = 1
+JOURNAL_VARIANT: Final = 2
+JOURNAL_ANSWER: Final = 3
+#: kind, status, slot (or answer key id), latency, overhead, perf_counter instant.
+_RECORD: Final = struct.Struct("<BxHIddd")
+#: records written so far, bytes of answer keys written so far
+_HEADER: Final = struct.Struct("<QQ")
+_COUNT: Final = struct.Struct("<Q")
+_HEADER_BYTES: Final = 64
+_KEY_LENGTH: Final = struct.Struct("<H")
+JOURNAL_RECORDS: Final = 1 << 16
+JOURNAL_KEY_BYTES: Final = 1 << 16
+JOURNAL_BYTES: Final = _HEADER_BYTES + JOURNAL_RECORDS * _RECORD.size + JOURNAL_KEY_BYTES
+#: A replayed record: kind, slot, status, latency, overhead, perf_counter instant; for
+#: JOURNAL_ANSWER, slot is an index into the answer keys :meth:`CallJournal.answer_keys` reads.
+JournalRecord = tuple[int, int, int, float, float, float]
+AnswerKey = tuple[str, bool, str, str]
+
+
+class CallJournal:
+    """Every call a data-plane worker records, in memory it shares with the router process (a
+    ring of fixed records and the answer keys they name). The worker's reports carry
+    :attr:`count` as of the report; when a worker dies, the router process replays what it
+    recorded after its last report, so a killed worker loses no count.
+
+    ``buffer`` is a writable, shared mapping of at least :data:`JOURNAL_BYTES`. The writer
+    stores a record before the count that covers it; the reader reads only once the writer is
+    gone.
+    """
+
+    __slots__ = ("_answer_ids", "_buffer", "_key_bytes", "count")
+
+    def __init__(self, buffer: Any) -> None:
+        if len(buffer) < JOURNAL_BYTES:
+            raise ValueError(f"a call journal needs {JOURNAL_BYTES} bytes, got {len(buffer)}")
+        self._buffer = buffer
+        self.count, self._key_bytes = _HEADER.unpack_from(buffer, 0)
+        self._answer_ids: dict[AnswerKey, int] = {}
+
+    def call(
+        self, kind: int, slot: int, status: int, latency: float, overhead: float, now: float
+    ) -> None:
+        index = self.count
+        offset = _HEADER_BYTES + (index % JOURNAL_RECORDS) * _RECORD.size
+        _RECORD.pack_into(self._buffer, offset, kind, status, slot, latency, overhead, now)
+        self.count = index + 1
+        _COUNT.pack_into(self._buffer, 0, index + 1)
+
+    def answer(self, endpoint: str, known: bool, variant: str, status: int, code: str) -> None:
+        key = (endpoint, known, variant, code)
+        key_id = self._answer_ids.get(key)
+        if key_id is None:
+            encoded = json.dumps(list(key)).encode()
+            start = _HEADER_BYTES + JOURNAL_RECORDS * _RECORD.size + self._key_bytes
+            if self._key_bytes + _KEY_LENGTH.size + len(encoded) > JOURNAL_KEY_BYTES:
+                return  # keys are bounded (unknown endpoints are capped): never in practice
+            self._buffer[start + _KEY_LENGTH.size : start + _KEY_LENGTH.size + len(encoded)] = (
+                encoded
+            )
+            _KEY_LENGTH.pack_into(self._buffer, start, len(encoded))
+            key_id = len(self._answer_ids)
+            self._answer_ids[key] = key_id
+            self._key_bytes += _KEY_LENGTH.size + len(encoded)
+            # after the key's bytes, before the record naming it
+            _HEADER.pack_into(self._buffer, 0, self.count, self._key_bytes)
+        self.call(JOURNAL_ANSWER, key_id, status, 0.0, 0.0, _perf())
+
+    def records_since(self, first: int) -> tuple[list[JournalRecord], int]:
+        """The records from number ``first`` on, and how many of those the ring no longer
+        holds (overwritten: more than JOURNAL_RECORDS calls since ``first``)."""
+        count = int(_HEADER.unpack_from(self._buffer, 0)[0])
+        start = max(first, count - JOURNAL_RECORDS)
+        records: list[JournalRecord] = []
+        for index in range(start, count):
+            offset = _HEADER_BYTES + (index % JOURNAL_RECORDS) * _RECORD.size
+            kind, status, slot, latency, overhead, now = _RECORD.unpack_from(self._buffer, offset)
+            records.append((kind, slot, status, latency, overhead, now))
+        return records, start - first if start > first else 0
+
+    def answer_keys(self) -> list[AnswerKey]:
+        key_bytes = int(_HEADER.unpack_from(self._buffer, 0)[1])
+        keys: list[AnswerKey] = []
+        position = _HEADER_BYTES + JOURNAL_RECORDS * _RECORD.size
+        end = position + key_bytes
+        while position < end:
+            (length,) = _KEY_LENGTH.unpack_from(self._buffer, position)
+            position += _KEY_LENGTH.size
+            endpoint, known, variant, code = json.loads(
+                bytes(self._buffer[position : position + length])
+            )
+            keys.append((str(endpoint), bool(known), str(variant), str(code)))
+            position += length
+        return keys
 
 
 def _bucket(seconds: float) -> int:

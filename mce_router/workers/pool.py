@@ -14,9 +14,11 @@ worker routes a request to a container it was told is gone.
 Metrics stay exact: each worker reports the calls it recorded since its last report (every
 REPORT_SECONDS, and at once when a scrape asks), and they are added to this process's
 counters, which are the ones exported: nothing is counted twice, and a worker that stops
-sends its last report first. A worker killed outright loses what it recorded since its last
-report, at most REPORT_SECONDS of calls (its in-flight requests fail with it). The pool starts
-another in its place with the current table.
+sends its last report first. Each worker also writes every call it records to a
+:class:`~mce_router.dataplane.stats.CallJournal` in memory shared with this process; when a
+worker dies outright, the calls it recorded after its last report are replayed from there, so
+its death loses no count (its in-flight requests fail with it, and were never counted). The
+pool starts another in its place with the current table.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import mmap
 import os
 import socket
 import sys
@@ -35,8 +38,23 @@ from typing import Any, Final
 from ..aio import cancelled, finished_before
 from ..config import RouterConfig
 from ..dataplane.proxy import RoutingTable, RuntimeServer, Upstream, VariantRoute
+from ..dataplane.stats import (
+    JOURNAL_ANSWER,
+    JOURNAL_BYTES,
+    JOURNAL_CALL,
+    JOURNAL_STREAM,
+    JOURNAL_VARIANT,
+    CallJournal,
+)
 from ..errors import RouterStartupError
-from .protocol import Report, WorkerSpec, encode_table, read_message, write_message
+from .protocol import (
+    REPORT_SECONDS,
+    Report,
+    WorkerSpec,
+    encode_table,
+    read_message,
+    write_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +74,10 @@ class _Worker:
     writer: asyncio.StreamWriter
     started: float
     ready: asyncio.Future[int]
+    journal: CallJournal
     reader: asyncio.Task[None] | None = None
+    #: The journal count of the last report merged: records from it on are not counted yet.
+    reported: int = 0
     acked: int = 0
     alive: bool = True
     in_flight: dict[int, int] = field(default_factory=dict)
@@ -66,10 +87,16 @@ class _Worker:
 class WorkerPool:
     """``count`` worker processes serving ``config.listener``'s port for ``server``'s table."""
 
+    #: The workers' periodic report interval (a test can make it long, so that only the
+    #: journal can carry a killed worker's last calls).
+    report_seconds: float = REPORT_SECONDS
+
     def __init__(self, config: RouterConfig, server: RuntimeServer, count: int) -> None:
         self._config = config
         self._server = server
         self.count = count
+        #: Calls counted from the journals of workers that died before reporting them.
+        self.replayed = 0
         self.port = 0
         #: Workers started in place of one that exited.
         self.restarts = 0
@@ -146,14 +173,17 @@ class WorkerPool:
             worker.writer.close()
 
     async def _spawn(self, index: int) -> _Worker:
+        journal_fd = _shared_memory_fd(JOURNAL_BYTES)
         parent_end, child_end = socket.socketpair()
         try:
+            journal = CallJournal(mmap.mmap(journal_fd, JOURNAL_BYTES))
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "mce_router.workers.worker",
                 str(child_end.fileno()),
-                pass_fds=(child_end.fileno(),),
+                str(journal_fd),
+                pass_fds=(child_end.fileno(), journal_fd),
                 stdin=asyncio.subprocess.DEVNULL,
                 env=_worker_environment(),
             )
@@ -162,9 +192,10 @@ class WorkerPool:
             raise
         finally:
             child_end.close()
+            os.close(journal_fd)  # both mappings outlive it
         reader, writer = await asyncio.open_unix_connection(sock=parent_end)
         loop = asyncio.get_running_loop()
-        worker = _Worker(index, process, writer, time.monotonic(), loop.create_future())
+        worker = _Worker(index, process, writer, time.monotonic(), loop.create_future(), journal)
         # No await from the table's encoding to the worker joining the broadcasts: it must
         # not miss a change made in between.
         write_message(writer, self._spec(index))
@@ -205,6 +236,7 @@ class WorkerPool:
             account_id=config.account_id,
             metrics_enabled=config.metrics.enabled,
             log_level=logging.getLogger().getEffectiveLevel(),
+            report_seconds=self.report_seconds,
         )
 
     async def _supervise(self, index: int) -> None:
@@ -255,6 +287,8 @@ class WorkerPool:
         finally:
             worker.alive = False
             worker.in_flight, worker.busy = {}, {}
+            # The socket pair closes when the worker exits: every report it sent is merged.
+            self._replay_unreported(worker)
             self._recount()
             async with self._changed:
                 self._changed.notify_all()
@@ -277,7 +311,45 @@ class WorkerPool:
         if report.answers is not None and answers is not None:
             answers.merge(report.answers)
         worker.in_flight, worker.busy = report.in_flight, report.busy
+        worker.reported = max(worker.reported, report.journal_count)
         self._recount()
+
+    def _replay_unreported(self, worker: _Worker) -> None:
+        """Count what a worker that is gone recorded after its last report (nothing, when it
+        stopped as asked: its last report came first)."""
+        records, overwritten = worker.journal.records_since(worker.reported)
+        worker.reported += overwritten + len(records)
+        if overwritten:
+            log.error(
+                "data-plane worker %d: %d calls were recorded but are not counted (the journal "
+                "keeps the last %d)", worker.index, overwritten, len(records),
+            )  # fmt: skip
+        if not records:
+            return
+        keys = worker.journal.answer_keys()
+        answers = self._server.answers
+        for kind, slot, status, latency, overhead, now in records:
+            if kind == JOURNAL_ANSWER:
+                if answers is not None and slot < len(keys):
+                    endpoint, known, variant, code = keys[slot]
+                    answers.record(endpoint, known, variant, status, code)
+                continue
+            observer = None
+            if kind == JOURNAL_VARIANT:
+                variant_route = self._variants.get(slot)
+                observer = variant_route.observer if variant_route is not None else None
+            elif (upstream := self._upstreams.get(slot)) is not None:
+                if kind == JOURNAL_CALL:
+                    observer = upstream.observer
+                elif kind == JOURNAL_STREAM:
+                    observer = upstream.stream_observer
+            if observer is not None:
+                observer.record(status, latency, overhead, now)
+        self.replayed += len(records)
+        log.info(
+            "data-plane worker %d: counted %d calls it recorded after its last report",
+            worker.index, len(records),
+        )  # fmt: skip
 
     def _recount(self) -> None:
         """Each variant's requests in flight and each container's busy calls: the workers'."""
@@ -373,6 +445,24 @@ class WorkerPool:
                 self._upstreams.pop(slot, None)
                 self._variants.pop(slot, None)
         return table
+
+
+def _shared_memory_fd(size: int) -> int:
+    """A file descriptor of ``size`` zeroed bytes of memory, for a worker to map too."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("mce-router-call-journal", 0)  # inheritable: passed to the worker
+    else:  # not Linux: an unlinked temporary file (its pages are written back, rarely)
+        import tempfile
+
+        with tempfile.TemporaryFile() as file:
+            fd = os.dup(file.fileno())
+        os.set_inheritable(fd, True)
+    try:
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:

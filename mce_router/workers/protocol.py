@@ -30,7 +30,8 @@ from ..dataplane.stats import AnswersDelta, CallDelta
 from ..security.config import AuthConfig
 
 #: How often a worker reports its calls, requests in flight and busy connections: the lag of
-#: autoscaling's and a drain's view of the workers, and what a worker killed outright loses.
+#: autoscaling's and a drain's view of the workers (a worker killed outright loses none of its
+#: calls: the router process reads the unreported ones from its CallJournal).
 REPORT_SECONDS: Final = 0.1
 
 _LENGTH: Final = struct.Struct("!I")
@@ -50,6 +51,8 @@ class WorkerSpec:
     account_id: str
     metrics_enabled: bool
     log_level: int
+    #: How often it reports while anything changed (WorkerPool.report_seconds).
+    report_seconds: float = REPORT_SECONDS
 
 
 #: (endpoint, variant, instance id, container, host, port, log stream ARN, log path,
@@ -78,6 +81,9 @@ class Report:
     answers: AnswersDelta | None = None
     in_flight: dict[int, int] = field(default_factory=dict)
     busy: dict[int, int] = field(default_factory=dict)
+    #: The worker's CallJournal.count as of this report: the calls above are its records
+    #: before that number (the router process replays the rest if the worker dies).
+    journal_count: int = 0
 
 
 def upstream_fields(upstream: Upstream) -> UpstreamFields:

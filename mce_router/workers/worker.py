@@ -1,5 +1,6 @@
-"""One data-plane worker process: ``python -m mce_router.workers.worker FD``, started by
-:class:`~mce_router.workers.pool.WorkerPool` with its end of a socket pair as FD.
+"""One data-plane worker process: ``python -m mce_router.workers.worker FD JOURNAL_FD``,
+started by :class:`~mce_router.workers.pool.WorkerPool` with its end of a socket pair as FD and
+the shared memory of its call journal as JOURNAL_FD.
 
 It serves the runtime port (its own listening socket, SO_REUSEPORT: the kernel spreads new
 connections over the workers) with the same hot path as a single-process router, routes by the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -26,13 +28,20 @@ from ..dataplane.proxy import (
     Upstream,
     VariantRoute,
 )
-from ..dataplane.stats import CallStats, RouterAnswers
+from ..dataplane.stats import (
+    JOURNAL_BYTES,
+    JOURNAL_CALL,
+    JOURNAL_STREAM,
+    JOURNAL_VARIANT,
+    CallJournal,
+    CallStats,
+    RouterAnswers,
+)
 from ..dataplane.streaming import StreamInvocation
 from ..errors import ServiceUnavailable
 from ..security import Guard
 from ..tracing import build_hooks
 from .protocol import (
-    REPORT_SECONDS,
     EncodedTable,
     Report,
     UpstreamFields,
@@ -52,9 +61,12 @@ class WorkerTables:
     across tables, so their keep-alive connections and counters carry over; those that left
     the table stay until their last call ended and was reported."""
 
-    def __init__(self, spec: WorkerSpec, server: RuntimeServer) -> None:
+    def __init__(
+        self, spec: WorkerSpec, server: RuntimeServer, journal: CallJournal | None = None
+    ) -> None:
         self._spec = spec
         self._server = server
+        self._journal = journal
         self.upstreams: dict[int, Upstream] = {}
         self._retiring: set[int] = set()
         #: Variant slot -> the route object current in the table, and its observer.
@@ -117,8 +129,12 @@ class WorkerTables:
         )
         upstream.slot = slot
         if self._spec.metrics_enabled:
-            upstream.observer = CallStats(endpoint, variant, container)
-            upstream.stream_observer = CallStats(endpoint, variant, container)
+            upstream.observer = self._journaled(
+                CallStats(endpoint, variant, container), JOURNAL_CALL, slot
+            )
+            upstream.stream_observer = self._journaled(
+                CallStats(endpoint, variant, container), JOURNAL_STREAM, slot
+            )
         if up:
             upstream.mark_available()
         else:
@@ -132,7 +148,13 @@ class WorkerTables:
             return None
         stats = self._variant_stats.get(vslot)
         if stats is None:
-            stats = self._variant_stats[vslot] = CallStats()
+            stats = self._variant_stats[vslot] = self._journaled(
+                CallStats(), JOURNAL_VARIANT, vslot
+            )
+        return stats
+
+    def _journaled(self, stats: CallStats, kind: int, slot: int) -> CallStats:
+        stats.journal, stats.journal_kind, stats.journal_slot = self._journal, kind, slot
         return stats
 
     def set_available(self, slot: int, available: bool, reason: str) -> None:
@@ -177,6 +199,8 @@ class WorkerTables:
             )
         answers = self._server.answers
         report.answers = answers.take() if answers is not None else None
+        # Read in the same step as the takes: every record before it is in this report.
+        report.journal_count = self._journal.count if self._journal is not None else 0
         self._retire_idle(report)
         changed = (
             report.calls
@@ -204,7 +228,11 @@ class WorkerTables:
 
 class Worker:
     def __init__(
-        self, spec: WorkerSpec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        spec: WorkerSpec,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        journal: CallJournal | None = None,
     ) -> None:
         self.spec = spec
         self._reader = reader
@@ -221,7 +249,9 @@ class Worker:
             sample_new_traces=spec.tracing.sample_new_traces,
             stream_type=StreamInvocation,
         )
-        self.tables = WorkerTables(spec, self.server)
+        if self.server.answers is not None:
+            self.server.answers.journal = journal
+        self.tables = WorkerTables(spec, self.server, journal)
         self._abort = asyncio.Event()
 
     async def run(self) -> None:
@@ -290,7 +320,7 @@ class Worker:
 
     async def _report_periodically(self) -> None:
         while True:
-            await asyncio.sleep(REPORT_SECONDS)
+            await asyncio.sleep(self.spec.report_seconds)
             self._send_report(forced=False)
 
     def _send_report(self, *, forced: bool) -> None:
@@ -303,7 +333,9 @@ class Worker:
             write_message(self._writer, message)
 
 
-async def _main(fd: int) -> None:
+async def _main(fd: int, journal_fd: int) -> None:
+    journal = CallJournal(mmap.mmap(journal_fd, JOURNAL_BYTES))
+    os.close(journal_fd)  # the mapping outlives it
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     spec = await read_message(reader)
@@ -314,7 +346,7 @@ async def _main(fd: int) -> None:
         format=f"%(asctime)s %(levelname)s worker {spec.index} %(name)s: %(message)s",
     )
     try:
-        await Worker(spec, reader, writer).run()
+        await Worker(spec, reader, writer, journal).run()
     finally:
         writer.close()
 
@@ -327,9 +359,11 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        raise SystemExit("usage: python -m mce_router.workers.worker FD (started by the router)")
-    uvloop.run(_main(int(sys.argv[1])))
+    if len(sys.argv) != 3 or not all(arg.isdigit() for arg in sys.argv[1:]):
+        raise SystemExit(
+            "usage: python -m mce_router.workers.worker FD JOURNAL_FD (started by the router)"
+        )
+    uvloop.run(_main(int(sys.argv[1]), int(sys.argv[2])))
 
 
 if __name__ == "__main__":

@@ -191,43 +191,55 @@ async def test_an_update_drains_the_requests_in_flight_in_every_worker(
         assert len(_serving_workers([h for _, h, _ in answers])) == 2
 
 
-async def test_a_killed_worker_is_replaced_and_the_others_keep_serving(
-    config_factory: Any,
+async def test_a_killed_worker_is_replaced_and_loses_no_count(
+    config_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # No periodic report within the test: what the killed worker served before its death can
+    # only reach the metrics through its call journal.
+    monkeypatch.setattr(WorkerPool, "report_seconds", 60.0)
     async with Router(_with_workers(config_factory(), 2)) as router:
         endpoint = await deploy(router, direct_model("kill", ["a"]))
         port = router.runtime_port
         pool = _pool(router)
-        with closing(runtime_client(router)) as client:
-            for _ in range(5):
-                await invoke(client, EndpointName=endpoint, TargetContainerHostname="a", Body=b"x")
-            await _prometheus(router)  # every worker has reported those 5
-            victim = sorted(_worker_pids(router))[0]
-            os.kill(victim, signal.SIGKILL)
+        before = await asyncio.gather(
+            *(_post(port, endpoint, "a") for _ in range(CONNECTIONS)),
+            *(_post(port, endpoint, "nobody") for _ in range(6)),  # answered by the router
+        )
+        assert Counter(status for status, _, _ in before) == {200: CONNECTIONS, 400: 6}
+        assert len(_serving_workers([h for _, h, _ in before])) == 2
+        victim = sorted(_worker_pids(router))[0]
+        os.kill(victim, signal.SIGKILL)
 
-            async def gone() -> bool:
-                return victim not in _worker_pids(router)
+        async def gone() -> bool:
+            return victim not in _worker_pids(router)
 
-            # (Connections the kernel queued on the dying worker's socket die with it, as its
-            # requests in flight do; from its exit on, the other worker gets every connection.)
-            await wait_until(gone, 10.0, "the killed worker's exit")
-            # The other worker serves every new connection meanwhile, and then both do.
-            during = await asyncio.gather(*(_post(port, endpoint, "a") for _ in range(20)))
-            assert {status for status, _, _ in during} == {200}
+        # (Connections the kernel queued on the dying worker's socket die with it, as its
+        # requests in flight do; from its exit on, the other worker gets every connection.)
+        await wait_until(gone, 10.0, "the killed worker's exit")
+        # The other worker serves every new connection meanwhile, and then both do.
+        during = await asyncio.gather(*(_post(port, endpoint, "a") for _ in range(20)))
+        assert {status for status, _, _ in during} == {200}
 
-            async def replaced() -> bool:
-                pids = _worker_pids(router)
-                return pool.restarts == 1 and len(pids) == 2 and victim not in pids
+        async def replaced() -> bool:
+            pids = _worker_pids(router)
+            return pool.restarts == 1 and len(pids) == 2 and victim not in pids
 
-            await wait_until(replaced, 20.0, "a new worker in place of the killed one")
-            after = await asyncio.gather(*(_post(port, endpoint, "a") for _ in range(CONNECTIONS)))
-            assert {status for status, _, _ in after} == {200}
-            assert len(_serving_workers([h for _, h, _ in after])) == 2
-            samples = await _prometheus(router)
-            assert (
-                samples[("sagemaker_container_invocations_total", labels(endpoint, "a"))]
-                == 5 + 20 + CONNECTIONS
-            )
+        await wait_until(replaced, 20.0, "a new worker in place of the killed one")
+        after = await asyncio.gather(*(_post(port, endpoint, "a") for _ in range(CONNECTIONS)))
+        assert {status for status, _, _ in after} == {200}
+        assert len(_serving_workers([h for _, h, _ in after])) == 2
+        # The victim's share of the first round came from its journal, the rest from reports.
+        assert pool.replayed > 0
+        samples = await _prometheus(router)
+        served = CONNECTIONS + 20 + CONNECTIONS
+        assert samples[("sagemaker_container_invocations_total", labels(endpoint, "a"))] == served
+        assert samples[("sagemaker_invocations_total", labels(endpoint))] == served
+        refused = sum(
+            value
+            for (name, _), value in samples.items()
+            if name == "mce_router_rejected_requests_total"
+        )
+        assert refused == 6
         with closing(runtime_client(router)) as fresh:
             answer = await invoke(
                 fresh, EndpointName=endpoint, TargetContainerHostname="a", Body=b""

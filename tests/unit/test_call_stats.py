@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import mmap
 import time
 
 import pytest
@@ -62,3 +63,57 @@ def test_minutes_rolls_on_the_wall_clock_it_is_given() -> None:
     assert calls.minute == int(later // 60)
     assert calls.m_count == 0
     assert calls.history.maxlen == stats.MINUTES_KEPT
+
+
+def _journal_pair() -> tuple[stats.CallJournal, stats.CallJournal]:
+    """A writer and a reader over one shared mapping, as a worker and the router process."""
+    shared = mmap.mmap(-1, stats.JOURNAL_BYTES)
+    return stats.CallJournal(shared), stats.CallJournal(shared)
+
+
+def test_the_journal_hands_the_reader_every_call_after_a_count() -> None:
+    writer, reader = _journal_pair()
+    calls = CallStats("endpoint", "variant", "container")
+    calls.journal, calls.journal_kind, calls.journal_slot = writer, stats.JOURNAL_CALL, 7
+    now = time.perf_counter()
+    calls.record(200, 0.25, 0.001, now)
+    reported = writer.count  # a report covering that call
+    calls.record(503, 0.5, 0.002, now + 1)
+    answers = stats.RouterAnswers()
+    answers.journal = writer
+    answers.record("ghost", False, "", 400, "ValidationError")
+    answers.record("ghost", False, "", 400, "ValidationError")
+    answers.record("known", True, "AllTraffic", 424, "ModelError")
+    records, overwritten = reader.records_since(reported)
+    assert overwritten == 0
+    assert [r[:5] for r in records] == [
+        (stats.JOURNAL_CALL, 7, 503, 0.5, 0.002),
+        (stats.JOURNAL_ANSWER, 0, 400, 0.0, 0.0),
+        (stats.JOURNAL_ANSWER, 0, 400, 0.0, 0.0),
+        (stats.JOURNAL_ANSWER, 1, 424, 0.0, 0.0),
+    ]
+    assert records[0][5] == now + 1
+    assert reader.answer_keys() == [
+        ("ghost", False, "", "ValidationError"),
+        ("known", True, "AllTraffic", "ModelError"),
+    ]
+    # The journal is a copy: the counters themselves are as without it.
+    assert (calls.count, calls.errors_5xx) == (2, 1)
+    assert reader.records_since(writer.count) == ([], 0)
+
+
+def test_a_journal_that_wrapped_says_how_many_calls_it_no_longer_holds() -> None:
+    writer, reader = _journal_pair()
+    extra = 5
+    for i in range(stats.JOURNAL_RECORDS + extra):
+        writer.call(stats.JOURNAL_VARIANT, 1, 200, float(i), 0.0, 0.0)
+    records, overwritten = reader.records_since(0)
+    assert overwritten == extra
+    assert len(records) == stats.JOURNAL_RECORDS
+    assert records[0][3] == float(extra)  # the oldest still held
+    assert records[-1][3] == float(stats.JOURNAL_RECORDS + extra - 1)
+
+
+def test_a_journal_needs_its_whole_size() -> None:
+    with pytest.raises(ValueError, match="bytes"):
+        stats.CallJournal(bytearray(100))
