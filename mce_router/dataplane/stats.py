@@ -249,13 +249,16 @@ class RouterAnswers:
 
     def record(self, endpoint: str, known: bool, variant: str, status: int, code: str) -> None:
         """``known``: ``endpoint`` names an endpoint of the routing table (not a client's guess)."""
-        if self.journal is not None:
-            self.journal.answer(endpoint, known, variant, status, code)
         if not known and endpoint and endpoint not in self._unknown:
             if len(self._unknown) >= MAX_UNKNOWN_ENDPOINTS:
                 endpoint = OTHER_ENDPOINTS
             else:
                 self._unknown.add(endpoint)
+        if self.journal is not None:
+            # After the cap, so that the journal's keys stay as few as the labels.
+            self.journal.answer(
+                endpoint, known or endpoint == OTHER_ENDPOINTS, variant, status, code
+            )
         key = (endpoint, variant, status, code)
         self.totals[key] = self.totals.get(key, 0) + 1
         minute = int(_time() // 60)

@@ -117,3 +117,21 @@ def test_a_journal_that_wrapped_says_how_many_calls_it_no_longer_holds() -> None
 def test_a_journal_needs_its_whole_size() -> None:
     with pytest.raises(ValueError, match="bytes"):
         stats.CallJournal(bytearray(100))
+
+
+def test_the_journal_keeps_the_answer_keys_as_few_as_the_labels() -> None:
+    writer, reader = _journal_pair()
+    answers = stats.RouterAnswers()
+    answers.journal = writer
+    for i in range(stats.MAX_UNKNOWN_ENDPOINTS + 50):
+        answers.record(f"guess-{i}", False, "", 404, "ValidationError")
+    keys = reader.answer_keys()
+    assert len(keys) == stats.MAX_UNKNOWN_ENDPOINTS + 1
+    # the capped ones arrive as "(other)", which the reader must not count as a new guess
+    assert keys[-1] == (stats.OTHER_ENDPOINTS, True, "", "ValidationError")
+    replayed = stats.RouterAnswers()
+    for kind, slot, status, *_ in reader.records_since(0)[0]:
+        assert kind == stats.JOURNAL_ANSWER
+        endpoint, known, variant, code = keys[slot]
+        replayed.record(endpoint, known, variant, status, code)
+    assert replayed.totals == answers.totals
