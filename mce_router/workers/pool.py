@@ -130,6 +130,7 @@ class WorkerPool:
             await self._kill_all()
             self._reservation.close()
             raise
+        _mention_request_migration()
         self._supervisors = [
             asyncio.get_running_loop().create_task(
                 self._supervise(index), name=f"data-plane worker {index}"
@@ -445,6 +446,24 @@ class WorkerPool:
                 self._upstreams.pop(slot, None)
                 self._variants.pop(slot, None)
         return table
+
+
+#: Linux 5.14+: 1 makes the kernel move the connections queued on a closed SO_REUSEPORT
+#: listener (a worker that died) to another listener of the port, instead of resetting them.
+TCP_MIGRATE_REQ: Final = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def _mention_request_migration() -> None:
+    try:
+        value = TCP_MIGRATE_REQ.read_text(encoding="ascii").strip()
+    except OSError:
+        return  # not Linux, or older than 5.14: nothing to suggest
+    if value == "0":
+        log.info(
+            "net.ipv4.tcp_migrate_req is 0: connections the kernel has queued for a worker that "
+            "dies are reset; with 1 (sysctl -w net.ipv4.tcp_migrate_req=1, per network "
+            "namespace) it hands them to the other workers"
+        )
 
 
 def _shared_memory_fd(size: int) -> int:

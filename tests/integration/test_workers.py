@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from conftest import (
     call_raising,
     child_processes,
+    container_stats,
     deploy,
     direct_model,
     endpoint_config,
@@ -40,7 +42,7 @@ from mce_router import Router
 from mce_router.cli import _build_parser, load_serve_config
 from mce_router.config import Listener, ProcessImage, RouterConfig, usable_cpus
 from mce_router.errors import ConfigError
-from mce_router.workers.pool import WorkerPool
+from mce_router.workers.pool import TCP_MIGRATE_REQ, WorkerPool
 
 STREAM_CONTAINER = Path(__file__).parent.parent / "containers" / "stream_container.py"
 #: Enough fresh connections that both workers get some (the kernel hashes each connection's
@@ -245,6 +247,63 @@ async def test_a_killed_worker_is_replaced_and_loses_no_count(
                 fresh, EndpointName=endpoint, TargetContainerHostname="a", Body=b""
             )
             assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+@pytest.fixture
+def request_migration() -> Iterator[Callable[[str], None]]:
+    """Sets net.ipv4.tcp_migrate_req for the test (this network namespace), then restores it."""
+    path = TCP_MIGRATE_REQ
+    try:
+        original = path.read_text(encoding="ascii")
+        path.write_text(original, encoding="ascii")
+    except OSError as exc:
+        pytest.skip(f"cannot set {path} here ({exc.strerror}): needs Linux 5.14+ and root")
+
+    def set_to(value: str) -> None:
+        path.write_text(value, encoding="ascii")
+
+    try:
+        yield set_to
+    finally:
+        path.write_text(original, encoding="ascii")
+
+
+@pytest.mark.parametrize("migrate", ["1", "0"])
+async def test_connections_queued_on_a_dying_worker_go_to_the_other_with_tcp_migrate_req(
+    config_factory: Any, request_migration: Callable[[str], None], migrate: str
+) -> None:
+    """What README's workers section says of a worker that dies with connections the kernel
+    already queued for it: with net.ipv4.tcp_migrate_req=1 the other worker serves them, with 0
+    they are reset."""
+    request_migration(migrate)
+    async with Router(_with_workers(config_factory(), 2)) as router:
+        endpoint = await deploy(router, direct_model("migrate", ["a"]))
+        port = router.runtime_port
+        victim = _worker_pids(router).pop()
+        # Stopped, it accepts nothing: the connections hashed to it wait in its queue.
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            calls = [asyncio.ensure_future(_post(port, endpoint, "a")) for _ in range(CONNECTIONS)]
+
+            async def others_served() -> bool:
+                stats = await container_stats(router, endpoint, "a")
+                return stats["invocations"] == sum(c.done() for c in calls) > 0
+
+            await wait_until(others_served, 10.0, "the other worker to serve its share")
+            await asyncio.sleep(0.2)  # nothing more arrives: the rest waits for the victim
+            queued = sum(not c.done() for c in calls)
+            assert queued, "every connection went to the running worker"
+        finally:
+            os.kill(victim, signal.SIGKILL)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        served = sum(1 for o in outcomes if not isinstance(o, BaseException) and o[0] == 200)
+        if migrate == "1":
+            assert served == CONNECTIONS, outcomes
+        else:
+            assert served == CONNECTIONS - queued, outcomes
+            assert all(
+                isinstance(o, ConnectionError) for o in outcomes if isinstance(o, BaseException)
+            )
 
 
 async def test_stopping_drains_the_workers_and_leaves_no_process(config_factory: Any) -> None:
