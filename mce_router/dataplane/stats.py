@@ -10,6 +10,7 @@ import json
 import math
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -249,11 +250,8 @@ class RouterAnswers:
 
     def record(self, endpoint: str, known: bool, variant: str, status: int, code: str) -> None:
         """``known``: ``endpoint`` names an endpoint of the routing table (not a client's guess)."""
-        if not known and endpoint and endpoint not in self._unknown:
-            if len(self._unknown) >= MAX_UNKNOWN_ENDPOINTS:
-                endpoint = OTHER_ENDPOINTS
-            else:
-                self._unknown.add(endpoint)
+        if not known and endpoint:
+            endpoint = self._unknown_label(endpoint)
         if self.journal is not None:
             # After the cap, so that the journal's keys stay as few as the labels.
             self.journal.answer(
@@ -281,21 +279,47 @@ class RouterAnswers:
         self.minutes.clear()
         return delta
 
-    def merge(self, delta: AnswersDelta) -> None:
+    def merge(self, delta: AnswersDelta, known: Callable[[str], bool] | None = None) -> None:
+        """Add a worker's :meth:`take`. With ``known`` (is this endpoint in the table?), the
+        cap on unknown endpoint names applies over every worker's names, as in one process."""
         totals, minutes = delta
+        capped: dict[str, str] = {}
+        if known is not None:
+            for key, _ in totals:
+                name = key[0]
+                if name and name != OTHER_ENDPOINTS and name not in capped and not known(name):
+                    capped[name] = self._unknown_label(name)
         for key, count in totals:
+            key = self._relabelled(key, capped)
             self.totals[key] = self.totals.get(key, 0) + count
         for minute, counts in minutes:
             kept = self.minutes.get(minute)
             if kept is None:
                 kept = self.minutes[minute] = {}
             for key, count in counts:
+                key = self._relabelled(key, capped)
                 kept[key] = kept.get(key, 0) + count
         if minutes:
             for minute in sorted(self.minutes):
                 self.minutes.move_to_end(minute)
             while len(self.minutes) > MINUTES_KEPT:
                 self.minutes.popitem(last=False)
+
+    def _unknown_label(self, name: str) -> str:
+        """The label of an unknown endpoint name: itself while under the cap, else "(other)"."""
+        if name in self._unknown:
+            return name
+        if len(self._unknown) >= MAX_UNKNOWN_ENDPOINTS:
+            return OTHER_ENDPOINTS
+        self._unknown.add(name)
+        return name
+
+    @staticmethod
+    def _relabelled(
+        key: tuple[str, str, int, str], capped: dict[str, str]
+    ) -> tuple[str, str, int, str]:
+        label = capped.get(key[0])
+        return key if label is None or label == key[0] else (label, key[1], key[2], key[3])
 
 
 #: :meth:`RouterAnswers.take`: the totals' and each minute's (key, count) pairs.

@@ -310,10 +310,13 @@ class WorkerPool:
                 variant.observer.merge(delta, now)
         answers = self._server.answers
         if report.answers is not None and answers is not None:
-            answers.merge(report.answers)
+            answers.merge(report.answers, self._is_endpoint)
         worker.in_flight, worker.busy = report.in_flight, report.busy
         worker.reported = max(worker.reported, report.journal_count)
         self._recount()
+
+    def _is_endpoint(self, name: str) -> bool:
+        return name.lower() in self._server.table.by_name
 
     def _replay_unreported(self, worker: _Worker) -> None:
         """Count what a worker that is gone recorded after its last report (nothing, when it

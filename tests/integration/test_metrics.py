@@ -232,6 +232,26 @@ def test_unknown_endpoint_names_are_bounded_in_the_labels() -> None:
     assert answers.totals[("real", "v", 400, "ValidationError")] == 1
 
 
+def test_the_cap_holds_over_the_reports_of_several_workers() -> None:
+    """Each worker caps its own guesses; the process adding their reports caps them together."""
+    workers = [RouterAnswers(), RouterAnswers()]
+    for index in range(MAX_UNKNOWN_ENDPOINTS):
+        for number, worker in enumerate(workers):
+            worker.record(f"guess-{number}-{index}", False, "", 400, "ValidationError")
+    workers[0].record("real", True, "v", 400, "ValidationError")
+    exported = RouterAnswers()
+    for worker in workers:
+        delta = worker.take()
+        assert delta is not None
+        exported.merge(delta, known=lambda name: name == "real")
+    endpoints = {key[0] for key in exported.totals}
+    assert len(endpoints) == MAX_UNKNOWN_ENDPOINTS + 2  # 100 guesses, "(other)" and "real"
+    assert sum(exported.totals.values()) == 2 * MAX_UNKNOWN_ENDPOINTS + 1
+    assert exported.totals[(OTHER_ENDPOINTS, "", 400, "ValidationError")] == MAX_UNKNOWN_ENDPOINTS
+    for minute_counts in exported.minutes.values():
+        assert {key[0] for key in minute_counts} <= endpoints
+
+
 async def test_busy_container_reads_high_cpu_and_idle_reads_near_zero(
     config_factory: Any,
 ) -> None:
