@@ -175,7 +175,11 @@ class WorkerPool:
 
     async def _spawn(self, index: int) -> _Worker:
         journal_fd = _shared_memory_fd(JOURNAL_BYTES)
-        parent_end, child_end = socket.socketpair()
+        try:
+            parent_end, child_end = socket.socketpair()
+        except BaseException:
+            os.close(journal_fd)
+            raise
         try:
             journal = CallJournal(mmap.mmap(journal_fd, JOURNAL_BYTES))
             process = await asyncio.create_subprocess_exec(
@@ -288,11 +292,13 @@ class WorkerPool:
         finally:
             worker.alive = False
             worker.in_flight, worker.busy = {}, {}
-            # The socket pair closes when the worker exits: every report it sent is merged.
-            self._replay_unreported(worker)
-            self._recount()
-            async with self._changed:
-                self._changed.notify_all()
+            try:
+                # The socket pair closes when the worker exits: every report it sent is merged.
+                self._replay_unreported(worker)
+            finally:
+                self._recount()
+                async with self._changed:
+                    self._changed.notify_all()
 
     def _merge(self, worker: _Worker, report: Report) -> None:
         now = time.time()
