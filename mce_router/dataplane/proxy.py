@@ -491,6 +491,10 @@ class ConnectionPool:
     def waiting_count(self) -> int:
         return len(self._waiting)
 
+    def is_queued(self, waiter: Invocation) -> bool:
+        """Whether ``waiter`` waits for a busy connection (not for one being opened for it)."""
+        return waiter in self._waiting
+
     @property
     def busy_count(self) -> int:
         """Calls open on a connection or waiting for one."""
@@ -652,6 +656,7 @@ class Invocation:
     __slots__ = (
         "_attempt_reused",
         "_conn",
+        "_connect_grace",
         "_final_latency",
         "_final_observer",
         "_final_overhead",
@@ -720,6 +725,9 @@ class Invocation:
         self._conn: UpstreamConnection | None = None
         self._stage_started = 0.0
         self._attempt_reused = False
+        #: The queue wait passed while a connection was being opened for this call, and the
+        #: deadline moved to the connect timeout instead (once per wait).
+        self._connect_grace = False
         self._orphaned = False
         # perf_counter instant after which the server's sweep times this invocation out; it
         # also bounds the wait for a free connection.
@@ -748,6 +756,7 @@ class Invocation:
             )
             return
         self._state = _STATE_WAITING
+        self._connect_grace = False
         self.deadline = now + self.client.server.queue_wait
         upstream.pool.acquire(self)
 
@@ -821,8 +830,11 @@ class Invocation:
         if conn is not None and self._attempt_reused and failure.before_response:
             # A kept-alive connection the container had already closed: the request never
             # reached a live socket, so one retry on a fresh connection is safe.
+            # A new wait for a connection: the deadline of the failed attempt may be close.
             self._state = _STATE_WAITING
             self._attempt_reused = False
+            self._connect_grace = False
+            self.deadline = _clock() + self.client.server.queue_wait
             upstream.pool.acquire(self, fresh=True)
             return
         # A failed connect never started a call: it counts as an instant failed call.
@@ -834,6 +846,19 @@ class Invocation:
         """Called by the server's sweep once ``deadline`` has passed."""
         upstream = self.chain[self._stage]
         if self._state == _STATE_WAITING:
+            pool = upstream.pool
+            if not pool.is_queued(self):
+                # Not queued behind busy connections: one is being opened for this call (or the
+                # loop stalled before its callback ran). The queue wait does not bound that;
+                # the connect timeout does, and ends the call with what went wrong.
+                if not self._connect_grace:
+                    self._connect_grace = True
+                    self.deadline = _clock() + pool.connect_timeout
+                    return
+                self.upstream_failed(
+                    None, UpstreamFailure("connecting failed: timed out", before_response=True)
+                )
+                return
             wait = self.client.server.queue_wait
             self._finish_error(
                 ModelNotReady(

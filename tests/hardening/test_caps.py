@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,14 @@ from conftest import deploy, direct_model, running_router, until_invoked
 from hardening_support import connection, exchange, hardening_config, request
 
 from mce_router.config import Limits
+from mce_router.dataplane.proxy import (
+    EndpointRoute,
+    InstanceRoute,
+    RoutingTable,
+    RuntimeServer,
+    Upstream,
+    VariantRoute,
+)
 
 pytestmark = pytest.mark.hardening
 
@@ -87,3 +98,93 @@ async def test_a_client_that_disconnects_mid_body_leaves_no_body_behind(tmp_path
             if isinstance(obj, ClientConnection) and obj.closing
         ]
         assert sum(held) == 0, held
+
+
+@contextlib.asynccontextmanager
+async def proxy_to(port: int, limits: Limits) -> AsyncIterator[int]:
+    """A bare runtime listener (no control plane) whose endpoint ``slow`` has one container
+    ``a`` at 127.0.0.1:``port``; yields the listener's port."""
+    loop = asyncio.get_running_loop()
+    server = RuntimeServer(limits, loop)
+    upstream = Upstream(
+        endpoint_name="slow",
+        variant_name="AllTraffic",
+        instance_id="i-0",
+        container_name="a",
+        host="127.0.0.1",
+        port=port,
+        log_stream_arn="arn",
+        log_path="",
+        limits=limits,
+        loop=loop,
+    )
+    upstream.mark_available()
+    instance = InstanceRoute("i-0", (upstream,), {"a": upstream})
+    server.set_table(
+        RoutingTable([EndpointRoute("slow", (VariantRoute("AllTraffic", 1.0, (instance,), True),))])
+    )
+    listener = await loop.create_server(server.protocol_factory, "127.0.0.1", 0)
+    try:
+        yield listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        server.abort_all()
+        upstream.pool.close()
+        server.close()
+        await listener.wait_closed()
+
+
+@contextlib.contextmanager
+def full_accept_queue() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A listener whose accept queue (backlog 0: room for one) is full: the kernel drops further
+    SYNs, so a connect to it takes at least the 1 s SYN retransmission."""
+    listener = socket.socket()
+    filler = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())
+        yield listener, filler
+    finally:
+        filler.close()
+        listener.close()
+
+
+async def test_a_connection_that_opens_after_the_queue_wait_still_serves_the_call() -> None:
+    """The queue wait bounds waiting behind busy connections, not a connect in progress: that
+    is bounded by the connect timeout (a stalled loop or a slow accept must not turn into a 429
+    saying all connections are busy when none is)."""
+    limits = Limits(
+        max_queue_wait_seconds=0.3, connect_timeout_seconds=10, invocation_timeout_seconds=30
+    )
+    with full_accept_queue() as (listener, _):
+        async with proxy_to(listener.getsockname()[1], limits) as port:
+            call = asyncio.ensure_future(exchange(port, request("slow", body=b"x"), timeout=20))
+            await asyncio.sleep(0.6)  # past the queue wait, the router's SYN dropped
+            assert not call.done(), call.result()
+            loop = asyncio.get_running_loop()
+            first, _ = await loop.sock_accept(listener)  # the filler: room for the retry
+            first.close()
+            container, _ = await loop.sock_accept(listener)  # the router, after its retry
+            with container:
+                request_head = await loop.sock_recv(container, 65536)
+                assert request_head.startswith(b"POST /invocations HTTP/1.1\r\n"), request_head
+                answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                await loop.sock_sendall(container, answer)
+                response, _ = await call
+    assert (response.status, response.body) == (200, b"ok"), response
+
+
+async def test_a_connect_that_never_completes_fails_as_a_connect_timeout_not_a_busy_pool() -> None:
+    limits = Limits(
+        max_queue_wait_seconds=0.3, connect_timeout_seconds=1.5, invocation_timeout_seconds=30
+    )
+    with full_accept_queue() as (listener, _):
+        async with proxy_to(listener.getsockname()[1], limits) as port:
+            started = time.monotonic()
+            response, _ = await exchange(port, request("slow", body=b"x"), timeout=20)
+            waited = time.monotonic() - started
+    assert response.status == 424, response
+    assert response.error_code == "ModelError", response
+    assert "Container a: connecting failed: timed out" in response.message, response
+    assert 1.4 < waited < 10, waited
