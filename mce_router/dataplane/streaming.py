@@ -190,6 +190,7 @@ class StreamInvocation(Invocation):
             # one retry on a fresh connection (nothing was sent to the client yet).
             self._state = _WAITING
             self._attempt_reused = False
+            self._connect_grace = False
             self.deadline = _clock() + self.client.server.queue_wait
             upstream.pool.acquire(self, fresh=True)
             return
