@@ -316,6 +316,28 @@ async def until_invoked(
     await wait_until(arrived, timeout, f"{count} invocation(s) to reach {hostname!r}", 0.02)
 
 
+def listening_ports(pids: set[int]) -> set[int]:
+    """The TCP ports the processes ``pids`` listen on (containers of a router in another
+    process, whose ports the test does not know)."""
+    ports = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for conn in psutil.Process(pid).net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    ports.add(conn.laddr.port)
+    return ports
+
+
+async def invocations_received(pids: set[int]) -> int:
+    """The invocations the fault containers ``pids`` have received in all (``GET /stats``)."""
+    total = 0
+    for port in listening_ports(pids):
+        status, body = await http_get(port, "/stats")
+        assert status == 200, body
+        total += int(json.loads(body)["invocations"])
+    return total
+
+
 async def wait_until(
     check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
 ) -> None:

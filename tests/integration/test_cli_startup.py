@@ -23,6 +23,7 @@ from conftest import (
     container,
     endpoint_config,
     free_port,
+    invocations_received,
     live_processes,
     multi_model,
     wait_no_live_processes,
@@ -261,7 +262,11 @@ async def test_a_second_signal_during_the_drain_exits_at_once_and_still_saves_st
             b"X-Amzn-SageMaker-Custom-Attributes: action=sleep:60\r\nContent-Length: 0\r\n\r\n"
         )
         await writer.drain()
-        await asyncio.sleep(0.5)  # the request is in the container now
+
+        async def arrived() -> bool:
+            return await invocations_received(containers) >= 1
+
+        await wait_until(arrived, 10, "the request to reach the container", 0.02)
         cli.send_signal(signal.SIGTERM)
         await asyncio.sleep(1.0)
         assert cli.returncode is None  # draining: waiting for the request

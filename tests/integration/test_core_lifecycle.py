@@ -28,6 +28,7 @@ from conftest import (
     free_port,
     http_get,
     images_for_tests,
+    invocations_received,
     invoke,
     live_processes,
     multi_model,
@@ -327,6 +328,11 @@ async def test_cli_serve_answers_boto3_and_stops_cleanly(tmp_path: Path) -> None
 
         # SIGTERM drains: a request the container is still working on is answered, then the
         # router stops its containers and exits.
+        received = await invocations_received(containers)
+
+        async def arrived() -> bool:
+            return await invocations_received(containers) > received
+
         with closing(client_for_url(f"http://127.0.0.1:{runtime_port}")) as slow_client:
             in_flight = asyncio.ensure_future(
                 invoke(
@@ -337,7 +343,7 @@ async def test_cli_serve_answers_boto3_and_stops_cleanly(tmp_path: Path) -> None
                     CustomAttributes="action=sleep:1.5",
                 )
             )
-            await asyncio.sleep(0.5)  # the request has reached the container
+            await wait_until(arrived, 10, "the request to reach container a", 0.02)
             cli.send_signal(signal.SIGTERM)
             answered = await in_flight
         assert answered["Body"] == b"in flight at SIGTERM"
