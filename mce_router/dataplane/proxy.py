@@ -829,8 +829,8 @@ class Invocation:
         self._conn = None
         if conn is not None and self._attempt_reused and failure.before_response:
             # A kept-alive connection the container had already closed: the request never
-            # reached a live socket, so one retry on a fresh connection is safe.
-            # A new wait for a connection: the deadline of the failed attempt may be close.
+            # reached a live socket, so one retry on a fresh connection is safe. It is a new
+            # wait for a connection: the failed attempt's deadline may be close.
             self._state = _STATE_WAITING
             self._attempt_reused = False
             self._connect_grace = False
