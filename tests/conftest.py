@@ -297,7 +297,12 @@ async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, 
 
 async def container_stats(router: Router, endpoint: str, hostname: str) -> dict[str, int]:
     """The fault container's ``GET /stats`` counters, asked directly (not through the router)."""
-    status, body = await http_get(container_port(router, endpoint, hostname), "/stats")
+    return await stats_at(container_port(router, endpoint, hostname))
+
+
+async def stats_at(port: int) -> dict[str, int]:
+    """``GET /stats`` of the fault container listening on ``port``."""
+    status, body = await http_get(port, "/stats")
     assert status == 200, body
     stats: dict[str, int] = json.loads(body)
     return stats
@@ -330,12 +335,7 @@ def listening_ports(pids: set[int]) -> set[int]:
 
 async def invocations_received(pids: set[int]) -> int:
     """The invocations the fault containers ``pids`` have received in all (``GET /stats``)."""
-    total = 0
-    for port in listening_ports(pids):
-        status, body = await http_get(port, "/stats")
-        assert status == 200, body
-        total += int(json.loads(body)["invocations"])
-    return total
+    return sum([(await stats_at(port))["invocations"] for port in listening_ports(pids)])
 
 
 async def wait_until(
